@@ -1,0 +1,196 @@
+"""Structures in columnar form: what readers produce and stores hold.
+
+A set of structures is a handful of flat arrays (atoms of all structures back to back, one row
+per structure for per-structure fields) plus labels keyed by (level id, label kind). Columnar
+arrays keep conversion vectorised: a million ANI conformers never become a million Python objects.
+A label is NaN where a structure lacks it, and ``present`` says which structures have it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from mfdata.schema import LABEL_KINDS
+
+LabelKey = tuple[str, str]  # (level id, label kind)
+
+DEFAULT_GEOMETRY_TOLERANCE = 1e-4  # Å
+
+
+class InvalidDataError(ValueError):
+    """Bad input: the message names the file, the record and what is wrong."""
+
+
+@dataclass
+class Label:
+    """One label kind at one level: ``values`` is NaN where ``present`` is False."""
+
+    values: np.ndarray  # per structure: (n_structures, *shape); per atom: (n_atoms_total, *shape)
+    present: np.ndarray  # bool, (n_structures,)
+
+
+@dataclass
+class Structures:
+    """Geometries and their labels, columnar. Lengths in Å, labels in canonical units."""
+
+    numbers: np.ndarray  # uint8, (n_atoms_total,)
+    positions: np.ndarray  # float32 or float64, (n_atoms_total, 3)
+    n_atoms: np.ndarray  # int32, (n_structures,)
+    cell: np.ndarray  # float64, (n_structures, 3, 3); zeros for molecules
+    pbc: np.ndarray  # bool, (n_structures, 3)
+    charge: np.ndarray  # int16, (n_structures,)
+    multiplicity: np.ndarray  # int16, (n_structures,); 0 where the source does not say
+    group: np.ndarray  # int32 index into group_names: the molecule a conformer belongs to
+    group_names: list[str]
+    labels: dict[LabelKey, Label] = field(default_factory=dict)
+
+    @property
+    def n_structures(self) -> int:
+        return len(self.n_atoms)
+
+    @property
+    def atom_start(self) -> np.ndarray:
+        """Index of each structure's first atom in the per-atom arrays."""
+        start = np.zeros(len(self.n_atoms) + 1, dtype=np.int64)
+        np.cumsum(self.n_atoms, out=start[1:])
+        return start
+
+    def atom_mask(self, structure_mask: np.ndarray) -> np.ndarray:
+        return np.repeat(structure_mask, self.n_atoms)
+
+    def select(self, index: np.ndarray) -> Structures:
+        """The structures at ``index`` (in that order), with their labels."""
+        index = np.asarray(index, dtype=np.int64)
+        start = self.atom_start
+        atoms = _ranges(start[index], self.n_atoms[index])
+        labels = {}
+        for key, label in self.labels.items():
+            rows = atoms if LABEL_KINDS[key[1]].per == "atom" else index
+            labels[key] = Label(label.values[rows], label.present[index])
+        used, group = np.unique(self.group[index], return_inverse=True)
+        return Structures(
+            numbers=self.numbers[atoms],
+            positions=self.positions[atoms],
+            n_atoms=self.n_atoms[index],
+            cell=self.cell[index],
+            pbc=self.pbc[index],
+            charge=self.charge[index],
+            multiplicity=self.multiplicity[index],
+            group=group.astype(np.int32),
+            group_names=[self.group_names[g] for g in used],
+            labels=labels,
+        )
+
+
+def _ranges(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """Concatenation of ``arange(s, s + n)`` for each start and length, vectorised."""
+    total = int(lengths.sum())
+    if total == 0:
+        return np.zeros(0, dtype=np.int64)
+    offsets = np.repeat(starts - np.cumsum(lengths) + lengths, lengths)
+    return np.arange(total, dtype=np.int64) + offsets
+
+
+def molecule_structures(
+    numbers: np.ndarray,
+    positions: np.ndarray,
+    n_atoms: np.ndarray,
+    group: np.ndarray | None = None,
+    group_names: list[str] | None = None,
+    charge: np.ndarray | None = None,
+) -> Structures:
+    """Structures for isolated molecules: no cell, no periodicity, multiplicity not stated."""
+    n = len(n_atoms)
+    return Structures(
+        numbers=np.asarray(numbers, dtype=np.uint8),
+        positions=positions,
+        n_atoms=np.asarray(n_atoms, dtype=np.int32),
+        cell=np.zeros((n, 3, 3)),
+        pbc=np.zeros((n, 3), dtype=bool),
+        charge=np.zeros(n, dtype=np.int16) if charge is None else charge.astype(np.int16),
+        multiplicity=np.zeros(n, dtype=np.int16),
+        group=np.zeros(n, dtype=np.int32) if group is None else group.astype(np.int32),
+        group_names=group_names or [""],
+    )
+
+
+def conformer_name(groups: list[str], start: np.ndarray, i: int) -> str:
+    """Name record ``i`` of a source laid out as groups of conformers (``start``: group offsets)."""
+    g = int(np.searchsorted(start, i, side="right") - 1)
+    return f"group {groups[g]} conformer {i - start[g]}"
+
+
+def empty_structures() -> Structures:
+    return molecule_structures(np.zeros(0), np.zeros((0, 3)), np.zeros(0))
+
+
+@dataclass
+class Source:
+    """What one reader made of one input: structures plus what the manifest must record."""
+
+    path: str
+    reader: str
+    structures: Structures
+    source_units: dict[LabelKey, str]
+    atom_energies: dict[str, dict[str, float]] = field(default_factory=dict)
+    ids: np.ndarray | None = None  # per-structure id strings, for linking by id
+    describe: Callable[[int], str] = field(default=lambda i: f"record {i}")
+
+
+def validate(source: Source) -> None:
+    """Raise :class:`InvalidDataError` naming the file and record of the first problem found."""
+    s = source.structures
+    n = s.n_structures
+
+    def fail(index: int, what: str) -> None:
+        raise InvalidDataError(f"{source.path}: {source.describe(int(index))}: {what}")
+
+    if n == 0:
+        if source.atom_energies:
+            return  # a file of isolated atoms only
+        raise InvalidDataError(f"{source.path}: no structures found")
+    per_structure = {
+        "cell": (s.cell, (n, 3, 3)),
+        "pbc": (s.pbc, (n, 3)),
+        "charge": (s.charge, (n,)),
+        "multiplicity": (s.multiplicity, (n,)),
+        "group": (s.group, (n,)),
+    }
+    for name, (array, shape) in per_structure.items():
+        if array.shape != shape:
+            raise InvalidDataError(f"{source.path}: {name} has shape {array.shape}, not {shape}")
+    bad = np.flatnonzero(s.n_atoms < 1)
+    if len(bad):
+        fail(bad[0], "has no atoms")
+    total = int(s.n_atoms.sum())
+    if s.numbers.shape != (total,) or s.positions.shape != (total, 3):
+        raise InvalidDataError(
+            f"{source.path}: atom counts disagree: structures list {total} atoms, but there are "
+            f"{s.numbers.shape[0]} atomic numbers and positions of shape {s.positions.shape}"
+        )
+    structure_of_atom = np.repeat(np.arange(n), s.n_atoms)
+    bad = np.flatnonzero((s.numbers < 1) | (s.numbers > 118))
+    if len(bad):
+        fail(structure_of_atom[bad[0]], f"atomic number {s.numbers[bad[0]]} is not an element")
+    bad = np.flatnonzero(~np.isfinite(s.positions).all(axis=1))
+    if len(bad):
+        fail(structure_of_atom[bad[0]], "positions are not finite (NaN or inf)")
+    for (level, kind_name), label in s.labels.items():
+        kind = LABEL_KINDS[kind_name]
+        rows = total if kind.per == "atom" else n
+        if label.values.shape != (rows, *kind.shape) or label.present.shape != (n,):
+            raise InvalidDataError(
+                f"{source.path}: {level} {kind_name} has shape {label.values.shape}, "
+                f"expected {(rows, *kind.shape)} ({kind.per} label)"
+            )
+        finite = np.isfinite(label.values).reshape(rows, -1).all(axis=1)
+        if kind.per == "atom":
+            finite = np.logical_and.reduceat(finite, s.atom_start[:-1]) if total else finite
+        bad = np.flatnonzero(label.present & ~finite)
+        if len(bad):
+            fail(bad[0], f"{level} {kind_name} is NaN or inf but not marked missing")
+        absent_rows = ~label.present if kind.per == "structure" else ~s.atom_mask(label.present)
+        label.values[absent_rows] = np.nan

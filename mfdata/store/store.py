@@ -1,0 +1,249 @@
+"""A store on disk: ``manifest.json`` + a Zarr v3 group + optional LMDB shards.
+
+Writes are atomic: everything is written under a hidden temporary name beside the target and
+renamed into place when complete, so an interrupted conversion never leaves a directory at the
+target path, and a directory without a complete manifest is never accepted as a store.
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import json
+import os
+import shutil
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+
+import numpy as np
+from ase.data import chemical_symbols
+from pydantic import ValidationError
+
+from mfdata.levels import registry
+from mfdata.linking import geometry_hash
+from mfdata.records import DEFAULT_GEOMETRY_TOLERANCE, InvalidDataError, Source, Structures
+from mfdata.schema import (
+    LABEL_KINDS,
+    DatasetManifest,
+    InputFile,
+    LabelSummary,
+    LevelSummary,
+    Provenance,
+    check_format_version,
+)
+from mfdata.store.zarr_store import (
+    Precision,
+    combined_checksum,
+    read_checksums,
+    read_group,
+    write_group,
+)
+
+MANIFEST = "manifest.json"
+ZARR_DIR = "data.zarr"
+
+
+class StoreError(ValueError):
+    """A path that is not a valid store, or a store that fails verification."""
+
+
+def mfkit_version() -> str:
+    try:
+        return version("mfkit")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+def file_sha256(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+@contextmanager
+def atomic_directory(target: Path) -> Iterator[Path]:
+    """A temporary directory beside ``target`` that becomes ``target`` when the block succeeds."""
+    if target.exists():
+        raise FileExistsError(f"{target}: already exists; choose another output path")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.parent / f".{target.name}.partial-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir()
+    try:
+        yield tmp
+        os.rename(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _level_summaries(s: Structures, sources: list[Source]) -> dict[str, LevelSummary]:
+    levels: dict[str, LevelSummary] = {}
+    known = registry()
+    for level, kind in sorted(s.labels):
+        units = sorted(
+            {
+                src.source_units[key]
+                for src in sources
+                for key in [(level, kind)]
+                if key in src.source_units
+            }
+        )
+        summary = levels.setdefault(level, LevelSummary(name=known[level].name, labels={}))
+        summary.labels[kind] = LabelSummary(
+            count=int(s.labels[(level, kind)].present.sum()),
+            unit=LABEL_KINDS[kind].unit,
+            source_units=units,
+        )
+    for src in sources:
+        for level, energies in src.atom_energies.items():
+            summary = levels.setdefault(level, LevelSummary(name=known[level].name, labels={}))
+            for symbol, energy in energies.items():
+                old = summary.atom_energies.setdefault(symbol, energy)
+                if not np.isclose(old, energy, rtol=0, atol=1e-6):
+                    raise InvalidDataError(
+                        f"{src.path}: isolated-atom energy of {symbol} at {level} is {energy} eV, "
+                        f"but another source gives {old} eV"
+                    )
+    return levels
+
+
+def write_store(
+    out: str | Path,
+    structures: Structures,
+    sources: list[Source],
+    *,
+    name: str | None = None,
+    link_by: str | None = None,
+    tolerance: float = DEFAULT_GEOMETRY_TOLERANCE,
+    precision: Precision = "lossless",
+    licence: str | None = None,
+    citation: str | None = None,
+    description: str | None = None,
+) -> DatasetManifest:
+    """Write ``structures`` as a new store at ``out`` (which must not exist), atomically."""
+    out = Path(out)
+    inputs = [
+        InputFile(
+            path=src.path,
+            sha256=file_sha256(src.path),
+            size=os.path.getsize(src.path),
+            reader=src.reader,
+        )
+        for src in sources
+        if os.path.isfile(src.path)
+    ]
+    levels = _level_summaries(structures, sources)
+    with atomic_directory(out) as tmp:
+        hashes = geometry_hash(structures, tolerance)
+        checksums = write_group(str(tmp / ZARR_DIR), structures, hashes, precision)
+        elements = np.unique(structures.numbers)
+        manifest = DatasetManifest(
+            name=name or out.name,
+            source=description,
+            licence=licence,
+            citation=citation,
+            n_structures=structures.n_structures,
+            n_atoms=len(structures.numbers),
+            elements=[chemical_symbols[z] for z in elements],
+            levels=levels,
+            checksums=checksums,
+            checksum=combined_checksum(checksums),
+            provenance=Provenance(
+                mfkit_version=mfkit_version(),
+                created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+                inputs=inputs,
+                link_by=link_by,
+                geometry_tolerance=tolerance,
+            ),
+        )
+        write_manifest(tmp, manifest)
+    return manifest
+
+
+def write_manifest(directory: Path, manifest: DatasetManifest) -> None:
+    """Replace ``manifest.json`` atomically (write a sibling, then rename over)."""
+    tmp = directory / f".{MANIFEST}.{uuid.uuid4().hex[:8]}"
+    tmp.write_text(manifest.model_dump_json(indent=2) + "\n", encoding="utf-8")
+    os.replace(tmp, directory / MANIFEST)
+
+
+class Store:
+    """An opened store: its manifest, and its arrays on demand."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        manifest_path = self.path / MANIFEST
+        if not manifest_path.is_file():
+            raise StoreError(f"{self.path}: not an mfkit store (no {MANIFEST})")
+        try:
+            data = json.loads(manifest_path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise StoreError(f"{manifest_path}: unreadable manifest: {exc}") from exc
+        check_format_version(str(data.get("format_version", "0")), self.path)
+        try:
+            self.manifest = DatasetManifest.model_validate(data)
+        except ValidationError as exc:
+            raise StoreError(f"{manifest_path}: invalid manifest: {exc}") from exc
+
+    @property
+    def zarr_path(self) -> str:
+        return str(self.path / ZARR_DIR)
+
+    @property
+    def levels(self) -> list[str]:
+        return list(self.manifest.levels)
+
+    def read(self) -> tuple[Structures, np.ndarray]:
+        """All structures with their labels, and their geometry hashes."""
+        return read_group(self.zarr_path)
+
+    def verify(self) -> list[str]:
+        """Problems found by recomputing every checksum; empty when the store is intact."""
+        try:
+            actual = read_checksums(self.zarr_path, list(self.manifest.checksums))
+        except Exception as exc:  # a missing or corrupt chunk surfaces as many exception types
+            return [f"{self.zarr_path}: cannot read arrays: {exc}"]
+        problems = [
+            f"{self.path}: {name}: checksum mismatch "
+            f"(stored {expected[:12]}, found {actual[name][:12]})"
+            for name, expected in self.manifest.checksums.items()
+            if actual[name] != expected
+        ]
+        if combined_checksum(self.manifest.checksums) != self.manifest.checksum:
+            problems.append(f"{self.path}: manifest checksum does not match its array checksums")
+        return problems
+
+    def info(self) -> dict:
+        """The summary ``mfdata info --json`` prints."""
+        m = self.manifest
+        return {
+            "name": m.name,
+            "path": str(self.path),
+            "format_version": m.format_version,
+            "n_structures": m.n_structures,
+            "n_atoms": m.n_atoms,
+            "elements": m.elements,
+            "levels": {
+                level: {kind: summary.count for kind, summary in s.labels.items()}
+                for level, s in m.levels.items()
+            },
+            "units": {
+                level: {kind: summary.unit for kind, summary in s.labels.items()}
+                for level, s in m.levels.items()
+            },
+            "source_units": {
+                level: {kind: summary.source_units for kind, summary in s.labels.items()}
+                for level, s in m.levels.items()
+            },
+            "atom_energies": {
+                level: s.atom_energies for level, s in m.levels.items() if s.atom_energies
+            },
+            "checksum": m.checksum,
+            "lmdb_shards": len(m.lmdb.shards) if m.lmdb else 0,
+            "splits": m.splits,
+        }
