@@ -202,6 +202,21 @@ def _add_labels(target: Structures, source: Source, matches: np.ndarray) -> None
             out.values[target_rows[take]] = label.values[matched[take]]
 
 
+def _check_unique_ids(source: Source, link_by: str) -> None:
+    """An id that names two records of one source would link labels to either: an error."""
+    if source.ids is None:
+        raise InvalidDataError(f"{source.path}: no ids to link by ({link_by})")
+    order = np.argsort(source.ids, kind="stable")
+    ids = source.ids[order]
+    same = np.flatnonzero(ids[1:] == ids[:-1])
+    if len(same):
+        first, second = sorted((int(order[same[0]]), int(order[same[0] + 1])))
+        raise InvalidDataError(
+            f"{source.path}: {source.describe(second)}: id {ids[same[0]]} ({link_by}) is also the "
+            f"id of {source.describe(first)}; ids must be unique within a file to link by them"
+        )
+
+
 def link_sources(
     sources: list[Source],
     link_by: str | None,
@@ -215,6 +230,9 @@ def link_sources(
     sources = [source for source in sources if source.structures.n_structures]
     if not sources:
         raise InvalidDataError("no structures in any source (only isolated atoms)")
+    if link_by is not None and link_by != "geometry":
+        for source in sources:
+            _check_unique_ids(source, link_by)
     result = sources[0].structures
     result_ids = sources[0].ids
     for source in sources[1:]:

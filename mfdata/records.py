@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import NoReturn
 
 import numpy as np
 
@@ -141,36 +142,56 @@ class Source:
 
 
 def validate(source: Source) -> None:
-    """Raise :class:`InvalidDataError` naming the file and record of the first problem found."""
+    """Raise :class:`InvalidDataError` naming the file and record of the first problem found.
+
+    The one place every reader's output is checked: shapes, types, atom counts, elements,
+    finite geometry, and labels that are NaN or inf without being marked missing. Readers check
+    only what they need to lay their format out; whatever reaches a store has passed here.
+    """
     s = source.structures
     n = s.n_structures
 
-    def fail(index: int, what: str) -> None:
+    def fail(index: int, what: str) -> NoReturn:
         raise InvalidDataError(f"{source.path}: {source.describe(int(index))}: {what}")
 
+    def fail_file(what: str) -> NoReturn:
+        raise InvalidDataError(f"{source.path}: {what}")
+
+    for name, energies in source.atom_energies.items():
+        for symbol, energy in energies.items():
+            if not np.isfinite(energy):
+                fail_file(f"isolated-atom energy of {symbol} at {name} is not finite")
     if n == 0:
         if source.atom_energies:
             return  # a file of isolated atoms only
-        raise InvalidDataError(f"{source.path}: no structures found")
+        fail_file("no structures found")
     per_structure = {
-        "cell": (s.cell, (n, 3, 3)),
-        "pbc": (s.pbc, (n, 3)),
-        "charge": (s.charge, (n,)),
-        "multiplicity": (s.multiplicity, (n,)),
-        "group": (s.group, (n,)),
+        "n_atoms": (s.n_atoms, (n,), "iu"),
+        "cell": (s.cell, (n, 3, 3), "f"),
+        "pbc": (s.pbc, (n, 3), "b"),
+        "charge": (s.charge, (n,), "i"),
+        "multiplicity": (s.multiplicity, (n,), "i"),
+        "group": (s.group, (n,), "iu"),
     }
-    for name, (array, shape) in per_structure.items():
-        if array.shape != shape:
-            raise InvalidDataError(f"{source.path}: {name} has shape {array.shape}, not {shape}")
+    for name, (array, shape, kinds) in per_structure.items():
+        if array.shape != shape or array.dtype.kind not in kinds:
+            fail_file(f"{name} has shape {array.shape} and type {array.dtype}, not {shape}")
+    if s.numbers.dtype.kind not in "iu" or s.positions.dtype.kind != "f":
+        fail_file(f"atomic numbers ({s.numbers.dtype}) or positions ({s.positions.dtype}) mistyped")
+    if source.ids is not None and source.ids.shape != (n,):
+        fail_file(f"{source.ids.shape} ids for {n} structures")
     bad = np.flatnonzero(s.n_atoms < 1)
     if len(bad):
         fail(bad[0], "has no atoms")
     total = int(s.n_atoms.sum())
     if s.numbers.shape != (total,) or s.positions.shape != (total, 3):
-        raise InvalidDataError(
-            f"{source.path}: atom counts disagree: structures list {total} atoms, but there are "
+        fail_file(
+            f"atom counts disagree: structures list {total} atoms, but there are "
             f"{s.numbers.shape[0]} atomic numbers and positions of shape {s.positions.shape}"
         )
+    bad = np.flatnonzero((s.group < 0) | (s.group >= len(s.group_names)))
+    if len(bad):
+        fail(bad[0], f"group index {s.group[bad[0]]} but there are {len(s.group_names)} groups")
     structure_of_atom = np.repeat(np.arange(n), s.n_atoms)
     bad = np.flatnonzero((s.numbers < 1) | (s.numbers > 118))
     if len(bad):
@@ -178,17 +199,24 @@ def validate(source: Source) -> None:
     bad = np.flatnonzero(~np.isfinite(s.positions).all(axis=1))
     if len(bad):
         fail(structure_of_atom[bad[0]], "positions are not finite (NaN or inf)")
+    bad = np.flatnonzero(~np.isfinite(s.cell).reshape(n, 9).all(axis=1))
+    if len(bad):
+        fail(bad[0], "cell is not finite (NaN or inf)")
     for (level, kind_name), label in s.labels.items():
-        kind = LABEL_KINDS[kind_name]
+        kind = LABEL_KINDS.get(kind_name)
+        if kind is None:
+            fail_file(f"{level}: unknown label kind {kind_name!r}")
         rows = total if kind.per == "atom" else n
         if label.values.shape != (rows, *kind.shape) or label.present.shape != (n,):
-            raise InvalidDataError(
-                f"{source.path}: {level} {kind_name} has shape {label.values.shape}, "
+            fail_file(
+                f"{level} {kind_name} has shape {label.values.shape}, "
                 f"expected {(rows, *kind.shape)} ({kind.per} label)"
             )
+        if label.values.dtype.kind != "f" or label.present.dtype != bool:
+            fail_file(f"{level} {kind_name} has values of type {label.values.dtype}, not floats")
         finite = np.isfinite(label.values).reshape(rows, -1).all(axis=1)
         if kind.per == "atom":
-            finite = np.logical_and.reduceat(finite, s.atom_start[:-1]) if total else finite
+            finite = np.logical_and.reduceat(finite, s.atom_start[:-1])
         bad = np.flatnonzero(label.present & ~finite)
         if len(bad):
             fail(bad[0], f"{level} {kind_name} is NaN or inf but not marked missing")

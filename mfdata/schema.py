@@ -9,9 +9,9 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from mfdata.units import CANONICAL_UNITS
 
@@ -110,6 +110,57 @@ class LmdbInfo(_Model):
     checksum: str = Field(description="Store checksum the shards were packed from.")
 
 
+ReferenceMethod = Literal["isolated_atoms", "least_squares", "minimum_norm"]
+
+
+class LevelStatistics(_Model):
+    """What one head is initialised from: per-type shift (reference energies) and scale."""
+
+    n_energies: int = Field(0, ge=0, description="Structures with an energy at this level.")
+    reference_method: ReferenceMethod | None = Field(
+        None,
+        description="isolated_atoms: the store's isolated-atom energies; least_squares: fitted on "
+        "composition; minimum_norm: compositions do not determine them (rank < n_elements), so "
+        "one common per-atom offset plus the minimum-norm correction the compositions determine.",
+    )
+    reference_energies: dict[str, float] = Field(
+        default_factory=dict, description="eV per atom by chemical symbol."
+    )
+    rank: int | None = Field(None, description="Rank of the composition matrix (energies).")
+    n_elements: int | None = Field(None, description="Elements in the structures with energies.")
+    energy_per_atom_mean: float | None = Field(
+        None, description="eV/atom: mean of (E - Σ counts·reference) / n_atoms."
+    )
+    energy_per_atom_std: float | None = Field(None, description="eV/atom: its standard deviation.")
+    n_forces: int = Field(0, ge=0, description="Structures with forces at this level.")
+    force_rms: float | None = Field(None, description="eV/Å: RMS over all force components.")
+    warnings: list[str] = Field(default_factory=list)
+
+
+class LevelAlignment(_Model):
+    """How two levels differ on the structures labelled at both: E_to ≈ E_from + Σ counts·offset."""
+
+    from_level: str
+    to_level: str
+    n_shared: int = Field(ge=0, description="Structures with an energy at both levels.")
+    method: Literal["least_squares", "minimum_norm"]
+    rank: int = Field(ge=0, description="Rank of the shared structures' composition matrix.")
+    n_elements: int = Field(ge=0)
+    offsets: dict[str, float] = Field(description="eV per atom by chemical symbol.")
+    residual_rms_per_structure: float = Field(description="eV, after removing the offsets.")
+    residual_mae_per_structure: float = Field(description="eV.")
+    residual_rms_per_atom: float = Field(description="eV/atom.")
+    residual_mae_per_atom: float = Field(description="eV/atom.")
+    warnings: list[str] = Field(default_factory=list)
+
+
+class StoreStatistics(_Model):
+    """``mfdata stats``: per-level statistics and cross-level alignments (not checksummed)."""
+
+    levels: dict[str, LevelStatistics] = Field(default_factory=dict)
+    alignments: list[LevelAlignment] = Field(default_factory=list)
+
+
 class DatasetManifest(_Model):
     """``manifest.json``: what a store holds, in which units, from where, with its checksums."""
 
@@ -122,7 +173,9 @@ class DatasetManifest(_Model):
     n_atoms: int = Field(ge=0)
     elements: list[str]
     levels: dict[str, LevelSummary]
-    statistics: dict[str, dict] = Field(default_factory=dict)
+    statistics: StoreStatistics = Field(
+        default_factory=StoreStatistics, description="Written by mfdata stats; empty until then."
+    )
     checksums: dict[str, str] = Field(description="sha256 of each immutable array, by path.")
     checksum: str = Field(description="sha256 over all immutable arrays: the store's identity.")
     provenance: Provenance
@@ -152,15 +205,142 @@ def check_format_version(version: str, path: str | Path) -> None:
         )
 
 
+class QuerySpec(_Model):
+    """What ``mfdata query`` asked for; levels as ids."""
+
+    has: list[tuple[str, str]] = Field(default_factory=list, description="(level id, label) pairs.")
+    elements: list[str] | None = Field(None, description="Structures with only these elements.")
+    min_atoms: int | None = None
+    max_atoms: int | None = None
+    charge: int | None = None
+
+
+class SelectedStore(_Model):
+    name: str
+    path: str
+    checksum: str = Field(description="The store checksum the selection was made on.")
+    n_structures: int
+    n_selected: int
+    indices: str = Field(description="Sorted structure indices: little-endian int64, zlib, base64.")
+
+
+class Selection(_Model):
+    """A saved query result: structure indices per store, the query, and the stores' checksums."""
+
+    format_version: str = FORMAT_VERSION
+    created: str
+    query: QuerySpec
+    stores: list[SelectedStore]
+
+
+class SplitInfo(_Model):
+    """A named split saved in a store (``splits/NAME``): how it was made and its part sizes."""
+
+    name: str
+    by: Literal["structure", "group", "formula"]
+    fractions: list[float]
+    parts: list[str]
+    sizes: dict[str, int]
+    seed: int
+    subsets: list[int] = Field(default_factory=list, description="Nested training-subset sizes.")
+
+
 class LevelRegistry(_Model):
     """``catalogs/levels.yaml``: the levels of theory mfkit knows."""
 
     levels: list[LevelOfTheory]
 
 
+UNKNOWN = "unknown"
+Unknown = Literal["unknown"]
+LabelName = Literal["energy", "forces", "stress", "dipole", "charges"]
+Count = Annotated[int, Field(ge=0)] | Unknown
+LevelId = Annotated[str, Field(pattern=LEVEL_ID_PATTERN)]
+ElementSymbol = Annotated[str, Field(pattern=r"^[A-Z][a-z]?$")]
+
+
+class CatalogCitation(_Model):
+    """A paper to cite when using a dataset."""
+
+    text: str = Field(description="Authors, title, journal or preprint, year.")
+    doi: str = Field(
+        pattern=r"^(10\.\d{4,9}/\S+|unknown)$",
+        description="The paper's DOI, or 'unknown' where it could not be checked.",
+    )
+
+
+class CatalogLevel(_Model):
+    """The labels a public dataset has at one level of theory."""
+
+    labels: dict[LabelName, Count] = Field(
+        description="Label -> number of structures that have it, or 'unknown'."
+    )
+    notes: str | None = None
+
+
+class CatalogReader(_Model):
+    """How ``read_source`` converts the dataset's files: its format name and options."""
+
+    format: str = Field(description="read_source format name (mfdata.readers.FORMATS).")
+    level: str | None = Field(
+        None, description="Level of ASE's energy/forces/stress keys, or of a single-level file."
+    )
+    map: list[str] = Field(
+        default_factory=list, description="KEY=LEVEL:LABEL for keys other than ASE's standard ones."
+    )
+    units: dict[str, str] = Field(
+        default_factory=dict, description="Unit by source key, for keys without a standard unit."
+    )
+    pbc: bool | None = Field(None, description="Override periodicity (false: molecules).")
+    isolated_atoms: str | None = Field(
+        None, pattern=r"^[^=]+=.+$", description="KEY=VALUE that marks isolated-atom frames."
+    )
+    isolated_atoms_file: str | None = Field(
+        None, description="Isolated-atom file the release ships beside the data; used if present."
+    )
+    group_key: str | None = Field(None, description="Info key naming a structure's molecule.")
+
+
+class CatalogEntry(_Model):
+    """``catalogs/<name>.yaml``: one public dataset, what it holds, and how mfkit converts it.
+
+    Facts that could not be checked are ``unknown``, never guessed.
+    """
+
+    name: str = Field(pattern=LEVEL_ID_PATTERN, description="Catalog id; the file is NAME.yaml.")
+    title: str = Field(description="The dataset's usual name, e.g. 'ANI-1x'.")
+    aliases: list[str] = Field(default_factory=list, description="Other names that find it.")
+    description: str
+    url: str = Field(pattern=r"^(https?://\S+|unknown)$", description="Where to get it.")
+    licence: str = Field(description="Licence of the data, or 'unknown'.")
+    citation: list[CatalogCitation] = Field(min_length=1)
+    size: Count = Field(description="Number of structures, or 'unknown'.")
+    elements: list[ElementSymbol] | Unknown
+    units: dict[str, str] = Field(
+        description="Unit of each quantity as the source files give it (before conversion)."
+    )
+    levels: dict[LevelId, CatalogLevel] = Field(
+        min_length=1, description="Level id (from catalogs/levels.yaml) -> labels at that level."
+    )
+    reader: CatalogReader | None = Field(
+        description="How mfkit converts the files; null where no reader exists yet."
+    )
+    format: str | None = Field(None, description="The files' format; required when reader is null.")
+    notes: str | None = None
+
+    @model_validator(mode="after")
+    def _format_without_reader(self) -> CatalogEntry:
+        if self.reader is None and not self.format:
+            raise ValueError("reader is null: describe the files in 'format'")
+        return self
+
+
 SCHEMA_MODELS: dict[str, type[BaseModel]] = {
     "manifest": DatasetManifest,
     "levels": LevelRegistry,
+    "catalog": CatalogEntry,
+    "selection": Selection,
+    "split": SplitInfo,
 }
 
 

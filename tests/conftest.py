@@ -2,13 +2,28 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """No test touches the user's real registry, module-scoped fixtures included."""
+    os.environ["MFKIT_HOME"] = tempfile.mkdtemp(prefix="mfkit_home_")
+
+
+@pytest.fixture(autouse=True)
+def private_registry(tmp_path_factory, monkeypatch) -> Path:
+    """Each test gets its own store registry (MFKIT_HOME), inherited by CLI subprocesses."""
+    home = tmp_path_factory.mktemp("mfkit_home")
+    monkeypatch.setenv("MFKIT_HOME", str(home))
+    return home
 
 
 @pytest.fixture(scope="session")

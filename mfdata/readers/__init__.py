@@ -10,7 +10,7 @@ from pathlib import Path
 import h5py
 
 from mfdata.levels import resolve_level
-from mfdata.readers._common import KeyMapping, parse_mapping
+from mfdata.readers._common import H5_ERRORS, KeyMapping, h5_keys, h5_name, open_h5, parse_mapping
 from mfdata.readers.ani import read_ani2x_h5, read_ani_h5
 from mfdata.readers.ase_io import ase_mappings, read_ase
 from mfdata.readers.sgdml import read_sgdml_npz
@@ -34,12 +34,20 @@ __all__ = [
 
 
 def _hdf5_format(path: str) -> str:
-    try:
-        with h5py.File(path, "r") as f:
-            first = next(iter(f.values()), None)
-            keys = set(first.keys()) if isinstance(first, h5py.Group) else set()
-    except OSError as exc:
-        raise InvalidDataError(f"{path}: cannot be read as HDF5: {exc}") from exc
+    with open_h5(path) as f:
+        names = h5_keys(path, f, "top level")
+        first = None
+        if names:
+            try:
+                first = f.get(names[0])
+            except H5_ERRORS as exc:
+                raise InvalidDataError(f"{path}: group {h5_name(names[0])}: {exc}") from exc
+        where = f"group {h5_name(names[0])}" if names else ""
+        keys = (
+            {h5_name(k) for k in h5_keys(path, first, where)}
+            if isinstance(first, h5py.Group)
+            else set()
+        )
     if {"atomic_numbers", "conformations"} <= keys:
         return "spice"
     if {"atomic_numbers", "coordinates"} <= keys:
@@ -88,6 +96,8 @@ def read_source(
     unless ``maps_optional`` (one of several files, where the caller checks the union).
     """
     units = units or {}
+    if not Path(path).is_file():
+        raise InvalidDataError(f"{path}: no such file")
     fmt = format or detect_format(path)
     if fmt not in FORMATS:
         raise InvalidDataError(f"{path}: unknown format {fmt!r}; known: {', '.join(FORMATS)}")

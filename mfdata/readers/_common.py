@@ -1,12 +1,20 @@
-"""What every reader shares: key mappings and the conversion of a source quantity to a label."""
+"""What every reader shares: key mappings, unit conversion, and checked access to source arrays.
+
+Readers read through these helpers so that a damaged or malformed file becomes one
+:class:`InvalidDataError` naming the file and the group or record, never a library exception.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
+import h5py
 import numpy as np
 
 from mfdata.levels import resolve_level
+from mfdata.records import InvalidDataError
 from mfdata.schema import LabelKind, label_kind
 from mfdata.units import conversion_factor
 
@@ -46,3 +54,122 @@ def parse_mapping(text: str) -> tuple[str, str, str]:
         )
     label_kind(label)
     return key, resolve_level(level).id, label
+
+
+# What h5py raises for a missing, damaged or unreadable object: a corrupt file surfaces as any of
+# these, never as a crash, so readers map them to InvalidDataError naming the file and group.
+H5_ERRORS = (OSError, RuntimeError, KeyError, ValueError)
+
+
+@contextmanager
+def open_h5(path: str) -> Iterator[h5py.File]:
+    """``path`` opened read-only; a file HDF5 cannot open is bad input, not a crash."""
+    try:
+        f = h5py.File(path, "r")
+    except H5_ERRORS as exc:
+        raise InvalidDataError(f"{path}: cannot be read as HDF5: {exc}") from exc
+    with f:
+        yield f
+
+
+def h5_name(key: str | bytes) -> str:
+    """A member name for messages (h5py gives bytes for names that are not UTF-8)."""
+    return key.decode("utf-8", "replace") if isinstance(key, bytes) else str(key)
+
+
+def h5_keys(path: str, group: h5py.Group, where: str) -> list[str | bytes]:
+    """The member names of ``group``; a damaged index is bad input naming ``where``."""
+    try:
+        return list(group.keys())
+    except H5_ERRORS as exc:
+        raise InvalidDataError(f"{path}: {where}: cannot list its members: {exc}") from exc
+
+
+def h5_groups(path: str, f: h5py.File) -> list[tuple[str, h5py.Group]]:
+    """Every top-level group, by display name; anything else at the top level is an error.
+
+    A top-level dataset is refused rather than skipped: skipping would drop data silently.
+    """
+    out = []
+    for key in h5_keys(path, f, "top level"):
+        name = h5_name(key)
+        try:
+            obj = f[key]
+        except H5_ERRORS as exc:
+            raise InvalidDataError(f"{path}: group {name}: cannot be opened: {exc}") from exc
+        if not isinstance(obj, h5py.Group):
+            raise InvalidDataError(
+                f"{path}: {name}: expected a group of conformers, found a dataset"
+            )
+        out.append((name, obj))
+    return out
+
+
+def h5_dataset(path: str, group: h5py.Group, key: str | bytes, where: str) -> h5py.Dataset:
+    """The dataset ``key`` of ``group``; missing, not a dataset or unreadable is an error."""
+    try:
+        obj = group.get(key)
+    except H5_ERRORS as exc:
+        raise InvalidDataError(f"{path}: {where}: {h5_name(key)}: cannot be opened: {exc}") from exc
+    if obj is None:
+        raise InvalidDataError(f"{path}: {where}: no {h5_name(key)!r} dataset")
+    if not isinstance(obj, h5py.Dataset):
+        raise InvalidDataError(f"{path}: {where}: {h5_name(key)} is a group, not a dataset")
+    return obj
+
+
+def h5_read(path: str, dataset: h5py.Dataset, where: str) -> np.ndarray:
+    """All values of ``dataset`` as an array; a damaged chunk is bad input, not a crash."""
+    try:
+        return np.asarray(dataset[()])
+    except H5_ERRORS as exc:
+        name = h5_name(dataset.name or "")
+        raise InvalidDataError(f"{path}: {where}: {name}: cannot be read: {exc}") from exc
+
+
+def h5_attr(path: str, dataset: h5py.Dataset, attr: str, where: str) -> object | None:
+    try:
+        return dataset.attrs.get(attr)
+    except H5_ERRORS as exc:
+        raise InvalidDataError(
+            f"{path}: {where}: attribute {attr!r}: cannot be read: {exc}"
+        ) from exc
+
+
+def real_array(values: np.ndarray, path: str, where: str) -> np.ndarray:
+    """``values`` as floating point; strings, booleans, complex or records are bad input.
+
+    float32 and float64 are kept (ANI stores float32 geometries); integers become float64.
+    """
+    values = np.asarray(values)
+    kind = values.dtype.kind
+    if kind == "f":
+        if values.dtype in (np.float32, np.float64):
+            return values
+        return values.astype(np.float32 if values.dtype.itemsize < 4 else np.float64)
+    if kind in "iu":
+        return values.astype(np.float64)
+    raise InvalidDataError(f"{path}: {where}: values have type {values.dtype}, not real numbers")
+
+
+def atomic_numbers(values: np.ndarray, path: str, where: str) -> np.ndarray:
+    """``values`` as uint8 atomic numbers, checked before the cast so that 257 never becomes 1."""
+    values = np.asarray(values)
+    kind = values.dtype.kind
+    integral = kind in "iu" or (
+        kind == "f" and bool(np.isfinite(values).all()) and bool((values == np.round(values)).all())
+    )
+    if not integral:
+        raise InvalidDataError(
+            f"{path}: {where}: atomic numbers have type {values.dtype}"
+            f"{'' if kind != 'f' else ' with non-integer values'}, not integers"
+        )
+    bad = np.flatnonzero(((values < 1) | (values > 118)).reshape(-1))
+    if len(bad):
+        at = np.unravel_index(bad[0], values.shape)
+        place = f"conformer {at[0]} atom {at[1]}" if values.ndim == 2 else f"atom {at[0]}"
+        raise InvalidDataError(
+            f"{path}: {where}: atomic number {values.reshape(-1)[bad[0]]} ({place}) "
+            "is not an element"
+        )
+    return values.astype(np.uint8)

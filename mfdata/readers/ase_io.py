@@ -6,6 +6,7 @@ ASE's standard keys carry ASE's units: ``energy`` and ``free_energy`` in eV, ``f
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterable, Iterator
 
 import ase.db
@@ -18,6 +19,7 @@ from ase.stress import voigt_6_to_full_3x3_stress
 from mfdata.progress import progress
 from mfdata.readers._common import KeyMapping
 from mfdata.records import InvalidDataError, Label, Source, Structures, empty_structures
+from mfdata.units import UnitError, conversion_factor
 
 ASE_STANDARD_UNITS = {"energy": "eV", "free_energy": "eV", "forces": "eV/Å", "stress": "eV/Å^3"}
 
@@ -40,7 +42,12 @@ def ase_mappings(
                 f"{path}: key {key!r} has no known unit; state it with --units {key}=UNIT "
                 "(for example eV, Hartree, kcal/mol, eV/Å, Hartree/Bohr)"
             )
-        out.append(KeyMapping(key, level, label, unit, optional=key in optional))
+        mapping = KeyMapping(key, level, label, unit, optional=key in optional)
+        try:
+            conversion_factor(unit, mapping.kind.dimension)
+        except UnitError as exc:
+            raise UnitError(f"{path}: key {key!r} ({mapping.kind.name}): {exc}") from exc
+        out.append(mapping)
     return out
 
 
@@ -54,24 +61,98 @@ def _lookup(atoms: Atoms, key: str):
     return None
 
 
+def _show(value: object) -> str:
+    """A short rendering of a bad value for an error message."""
+    text = repr(value) if isinstance(value, str) else str(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _integer(value: object, key: str) -> int:
+    """An integer-valued info entry (charge, multiplicity); 1.5, "x" or 10**6 is bad input."""
+    number = np.asarray(value)
+    if number.ndim != 0 or number.dtype.kind not in "iuf":
+        raise ValueError(f"{key} is {_show(value)}, not an integer")
+    if not (np.isfinite(number) and number == np.round(number)):
+        raise ValueError(f"{key} is {_show(value)}, not an integer")
+    if abs(number) > np.iinfo(np.int16).max:
+        raise ValueError(f"{key} is {_show(value)}, out of range")
+    return int(number)
+
+
 def _total_charge(atoms: Atoms) -> int:
-    """The total charge from ``info`` (``total_charge`` or a scalar ``charge``), else 0."""
-    for key in ("total_charge", "charge"):
-        value = atoms.info.get(key)
-        if value is not None and np.ndim(value) == 0:
-            return int(value)
-    return 0
+    """The total charge from ``info`` (``total_charge`` or a scalar ``charge``), else 0.
+
+    A ``charge`` with one value per atom is partial charges, not the total, and is skipped.
+    """
+    if atoms.info.get("total_charge") is not None:
+        return _integer(atoms.info["total_charge"], "total_charge")
+    value = atoms.info.get("charge")
+    if value is None or np.shape(value) == (len(atoms),):
+        return 0
+    return _integer(value, "charge")
 
 
 def _as_label(value, mapping: KeyMapping, n_atoms: int) -> np.ndarray:
+    """``value`` in the shape of the label; text, booleans and wrong sizes are bad input."""
     kind = mapping.kind
-    value = np.asarray(value, dtype=np.float64)
+    raw = np.asarray(value)
+    if raw.dtype.kind not in "iuf":
+        raise ValueError(f"{mapping.key} is {_show(value)}, not a number")
+    value = raw.astype(np.float64)
     if kind.name == "stress" and value.shape == (6,):
         value = voigt_6_to_full_3x3_stress(value)
     expected = (n_atoms, *kind.shape) if kind.per == "atom" else kind.shape
     if value.size != int(np.prod(expected)):
         raise ValueError(f"{mapping.key} has shape {value.shape}, expected {expected}")
     return value.reshape(expected)
+
+
+def _locate_xyz_problem(path: str) -> str | None:
+    """The first record of an (ext)xyz file whose atom count disagrees with its lines, or None.
+
+    ASE indexes the whole file before yielding a frame, so its errors come before record 0; a
+    scan of the atom-count lines (streamed: files can be large) tells the user which record.
+    """
+    try:
+        with open(path, encoding="utf-8", errors="replace") as handle:
+            lines, number = iter(handle), 0
+            for record in itertools.count():
+                line = next(lines, None)
+                if line is None:
+                    return None
+                number += 1
+                header = line.strip()
+                if not header and not any(rest.strip() for rest in lines):
+                    return None  # trailing blank lines
+                try:
+                    n = int(header)
+                except ValueError:
+                    if record == 0:
+                        return f"record 0 (line 1: {header[:40]!r} is not an atom count)"
+                    return (
+                        f"record {record - 1} (its atom count disagrees with its lines: line "
+                        f"{number}, {header[:40]!r}, is where the next atom count should be)"
+                    )
+                if n < 0 or sum(1 for _ in itertools.islice(lines, n + 1)) < n + 1:
+                    return f"record {record} (line {number}: the file ends inside this record)"
+                number += n + 1
+    except OSError:
+        return None
+    return None
+
+
+def _read_error(path: str, format: str | None, record: int, exc: Exception) -> InvalidDataError:
+    """ASE's exception while reading ``record`` as bad input naming the file and record."""
+    where = f"record {record}"
+    if record == 0 and format == "extxyz":
+        where = _locate_xyz_problem(path) or where
+    if isinstance(exc, StopIteration) or isinstance(exc.__cause__, StopIteration):
+        reason = "the file ends inside this record (truncated?)"
+    else:
+        reason = f"{type(exc).__name__}: {exc}"
+    return InvalidDataError(
+        f"{path}: {where}: cannot be read{' as ' + format if format else ''}: {reason}"
+    )
 
 
 def read_ase(
@@ -94,6 +175,8 @@ def read_ase(
     """
     frames: list[Atoms] = []
     iso: list[Atoms] = []
+    record: list[int] = []  # the file's record number of each frame (isolated atoms excluded)
+    iso_record: list[int] = []
     reader = _iter_db(path) if format == "db" else ase.io.iread(path, index=":", format=format)
     try:
         for atoms in progress(reader, f"reading {path}", " frames"):
@@ -101,20 +184,18 @@ def read_ase(
                 isolated_atoms is not None
                 and str(atoms.info.get(isolated_atoms[0])) == isolated_atoms[1]
             )
+            (iso_record if is_iso else record).append(len(frames) + len(iso))
             (iso if is_iso else frames).append(atoms)
     except Exception as exc:  # ase raises many types for malformed files
-        raise InvalidDataError(
-            f"{path}: record {len(frames) + len(iso)}: cannot be read"
-            f"{' as ' + format if format else ''}: {type(exc).__name__}: {exc}"
-        ) from exc
+        raise _read_error(path, format, len(frames) + len(iso), exc) from exc
 
-    atom_energies = _isolated_energies(path, iso, mappings)
-    structures = _frames_to_structures(path, frames, mappings, pbc, group_key)
+    atom_energies = _isolated_energies(path, iso, iso_record, mappings)
+    structures = _frames_to_structures(path, frames, record, mappings, pbc, group_key)
     ids = None
     if id_key is not None:
         missing = [i for i, a in enumerate(frames) if id_key not in a.info]
         if missing:
-            raise InvalidDataError(f"{path}: record {missing[0]}: no {id_key!r} to link by")
+            raise InvalidDataError(f"{path}: record {record[missing[0]]}: no {id_key!r} to link by")
         ids = np.array([str(a.info[id_key]) for a in frames])
     return Source(
         path=path,
@@ -123,6 +204,7 @@ def read_ase(
         source_units={(m.level, m.kind.name): m.unit for m in mappings},
         atom_energies=atom_energies,
         ids=ids,
+        describe=lambda i: f"record {record[i]}",
     )
 
 
@@ -142,29 +224,40 @@ def _iter_db(path: str) -> Iterator[Atoms]:
 
 
 def _isolated_energies(
-    path: str, frames: list[Atoms], mappings: list[KeyMapping]
+    path: str, frames: list[Atoms], record: list[int], mappings: list[KeyMapping]
 ) -> dict[str, dict[str, float]]:
+    """Energy of each isolated atom by level and element; two different values are an error."""
     energies: dict[str, dict[str, float]] = {}
     for i, atoms in enumerate(frames):
+        where = f"{path}: record {record[i]} (isolated atom)"
         if len(atoms) != 1:
-            raise InvalidDataError(
-                f"{path}: isolated-atom record {i} has {len(atoms)} atoms, not 1"
-            )
+            raise InvalidDataError(f"{where}: has {len(atoms)} atoms, not 1")
+        if not 1 <= atoms.numbers[0] <= 118:
+            raise InvalidDataError(f"{where}: atomic number {atoms.numbers[0]} is not an element")
         symbol = chemical_symbols[atoms.numbers[0]]
         for m in mappings:
             value = _lookup(atoms, m.key)
             if m.kind.name != "energy" or value is None:
                 continue
-            energy = float(m.convert(np.asarray(value, dtype=np.float64)))
+            try:
+                energy = float(m.convert(_as_label(value, m, 1)))
+            except (TypeError, ValueError) as exc:
+                raise InvalidDataError(f"{where}: {exc}") from exc
             if not np.isfinite(energy):
-                raise InvalidDataError(f"{path}: isolated atom {symbol}: {m.key} is not finite")
-            energies.setdefault(m.level, {})[symbol] = energy
+                raise InvalidDataError(f"{where}: {symbol}: {m.key} is not finite")
+            old = energies.setdefault(m.level, {}).setdefault(symbol, energy)
+            if not np.isclose(old, energy, rtol=0, atol=1e-6):
+                raise InvalidDataError(
+                    f"{where}: {symbol} at {m.level} has energy {energy} eV, but an earlier "
+                    f"isolated {symbol} has {old} eV"
+                )
     return energies
 
 
 def _frames_to_structures(
     path: str,
     frames: list[Atoms],
+    record: list[int],
     mappings: list[KeyMapping],
     pbc: bool | None,
     group_key: str | None,
@@ -179,22 +272,41 @@ def _frames_to_structures(
         periodic[:] = pbc
     cell = np.array([a.cell.array for a in frames], dtype=np.float64).reshape(n, 3, 3)
     cell[~periodic.any(axis=1)] = 0.0
+    bad = np.flatnonzero(~np.isfinite(cell).reshape(n, 9).all(axis=1))
+    if len(bad):
+        raise InvalidDataError(f"{path}: record {record[bad[0]]}: cell is not finite (NaN or inf)")
     no_cell = periodic.any(axis=1) & (np.abs(np.linalg.det(cell)) < 1e-12)
     if no_cell.any():
         i = int(np.flatnonzero(no_cell)[0])
-        raise InvalidDataError(f"{path}: record {i}: periodic but has no cell")
+        raise InvalidDataError(f"{path}: record {record[i]}: periodic but has no cell")
     group_values = [
         str(a.info.get(group_key)) if group_key else a.get_chemical_formula() for a in frames
     ]
     group_names, group = np.unique(np.array(group_values, dtype=object), return_inverse=True)
+    charge = np.zeros(n, dtype=np.int16)
+    multiplicity = np.zeros(n, dtype=np.int16)
+    for i, atoms in enumerate(frames):
+        try:
+            charge[i] = _total_charge(atoms)
+            multiplicity[i] = _integer(atoms.info.get("multiplicity", 0), "multiplicity")
+        except ValueError as exc:
+            raise InvalidDataError(f"{path}: record {record[i]}: {exc}") from exc
+    numbers = np.concatenate([a.numbers for a in frames])
+    # checked before the cast to uint8, where 257 (from a damaged database) would become 1
+    bad = np.flatnonzero((numbers < 1) | (numbers > 118))
+    if len(bad):
+        i = int(np.searchsorted(np.cumsum(n_atoms), bad[0], side="right"))
+        raise InvalidDataError(
+            f"{path}: record {record[i]}: atomic number {numbers[bad[0]]} is not an element"
+        )
     structures = Structures(
-        numbers=np.concatenate([a.numbers for a in frames]).astype(np.uint8),
+        numbers=numbers.astype(np.uint8),
         positions=np.concatenate([a.positions for a in frames]),
         n_atoms=n_atoms,
         cell=cell,
         pbc=periodic,
-        charge=np.array([_total_charge(a) for a in frames], dtype=np.int16),
-        multiplicity=np.array([int(a.info.get("multiplicity", 0)) for a in frames], dtype=np.int16),
+        charge=charge,
+        multiplicity=multiplicity,
         group=group.astype(np.int32),
         group_names=[str(g) for g in group_names],
     )
@@ -211,7 +323,7 @@ def _frames_to_structures(
             try:
                 value = _as_label(raw, m, len(atoms))
             except (TypeError, ValueError) as exc:
-                raise InvalidDataError(f"{path}: record {i}: {exc}") from exc
+                raise InvalidDataError(f"{path}: record {record[i]}: {exc}") from exc
             if kind.per == "atom":
                 values[start[i] : start[i + 1]] = value
             else:

@@ -14,7 +14,16 @@ import numpy as np
 
 from mfdata.levels import resolve_level
 from mfdata.progress import progress
-from mfdata.readers._common import KeyMapping
+from mfdata.readers._common import (
+    KeyMapping,
+    atomic_numbers,
+    h5_attr,
+    h5_dataset,
+    h5_groups,
+    h5_read,
+    open_h5,
+    real_array,
+)
 from mfdata.records import InvalidDataError, Label, Source, conformer_name, molecule_structures
 from mfdata.units import UnitError, conversion_factor
 
@@ -35,11 +44,26 @@ def smiles_charge(smiles: str) -> int:
     return total
 
 
-def _unit(path: str, name: str, dataset: h5py.Dataset) -> str:
-    unit = dataset.attrs.get("units")
+def _unit(path: str, where: str, dataset: h5py.Dataset) -> str:
+    unit = h5_attr(path, dataset, "units", where)
     if unit is None:
-        raise InvalidDataError(f"{path}: group {name}: {dataset.name} has no 'units' attribute")
-    return unit.decode() if isinstance(unit, bytes) else str(unit)
+        raise InvalidDataError(f"{path}: {where}: {dataset.name} has no 'units' attribute")
+    if isinstance(unit, np.ndarray) and unit.size == 1:
+        unit = unit.reshape(-1)[0]
+    return unit.decode("utf-8", "replace") if isinstance(unit, bytes) else str(unit)
+
+
+def _smiles(path: str, where: str, group: h5py.Group) -> str:
+    """The molecule's SMILES: a scalar or a one-element dataset of text."""
+    value = h5_read(path, h5_dataset(path, group, "smiles", where), where)
+    if value.size != 1:
+        raise InvalidDataError(f"{path}: {where}: smiles has shape {value.shape}, expected (1,)")
+    value = value.reshape(-1)[0]
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    if not isinstance(value, str):
+        raise InvalidDataError(f"{path}: {where}: smiles is {value!r}, not text")
+    return value
 
 
 def read_spice_h5(path: str, level: str = SPICE_LEVEL) -> Source:
@@ -47,41 +71,43 @@ def read_spice_h5(path: str, level: str = SPICE_LEVEL) -> Source:
     level_id = resolve_level(level).id
     numbers, positions, n_atoms, charges, energies, forces, names = [], [], [], [], [], [], []
     units: dict[str, set[str]] = {"energy": set(), "gradient": set()}
-    try:
-        f = h5py.File(path, "r")
-    except OSError as exc:
-        raise InvalidDataError(f"{path}: cannot be read as HDF5: {exc}") from exc
-    with f:
-        for name, group in progress(f.items(), f"reading {path}", " molecules"):
-            try:
-                z = group["atomic_numbers"][()]
-                conf = group["conformations"]
-                e = group["dft_total_energy"]
-                grad = group["dft_total_gradient"]
-                smiles = group["smiles"][0]
-                c = conf.shape[0]
-                length = conversion_factor(_unit(path, name, conf), "length")
-                energy_unit, gradient_unit = _unit(path, name, e), _unit(path, name, grad)
-                xyz = conf[()] * length
-                e_values = KeyMapping(e.name, level_id, "energy", energy_unit).convert(e[()])
-                gradient = KeyMapping(grad.name, level_id, "gradient", gradient_unit)
-                f_values = gradient.convert(grad[()])
-            except (KeyError, OSError, UnitError, IndexError) as exc:
+    with open_h5(path) as f:
+        for name, group in progress(h5_groups(path, f), f"reading {path}", " molecules"):
+            where = f"group {name}"
+            z = h5_read(path, h5_dataset(path, group, "atomic_numbers", where), where)
+            if z.ndim != 1:
+                raise InvalidDataError(f"{path}: {where}: atomic_numbers has shape {z.shape}")
+            z = atomic_numbers(z, path, where)
+            conf = h5_dataset(path, group, "conformations", where)
+            e = h5_dataset(path, group, "dft_total_energy", where)
+            grad = h5_dataset(path, group, "dft_total_gradient", where)
+            length_unit = _unit(path, where, conf)
+            energy_unit, gradient_unit = _unit(path, where, e), _unit(path, where, grad)
+            xyz = real_array(h5_read(path, conf, where), path, f"{where}: conformations")
+            e_raw = real_array(h5_read(path, e, where), path, f"{where}: dft_total_energy")
+            g_raw = real_array(h5_read(path, grad, where), path, f"{where}: dft_total_gradient")
+            c = xyz.shape[0] if xyz.ndim else 0
+            if xyz.shape != (c, len(z), 3) or g_raw.shape != xyz.shape or e_raw.shape != (c,):
                 raise InvalidDataError(
-                    f"{path}: group {name}: {type(exc).__name__}: {exc}"
-                ) from exc
-            if xyz.shape != (c, len(z), 3) or f_values.shape != xyz.shape or e_values.shape != (c,):
-                raise InvalidDataError(
-                    f"{path}: group {name}: shapes disagree: {len(z)} atoms, conformations "
-                    f"{conf.shape}, energies {e.shape}, gradients {grad.shape}"
+                    f"{path}: {where}: shapes disagree: {len(z)} atoms, conformations "
+                    f"{xyz.shape}, energies {e_raw.shape}, gradients {g_raw.shape}"
                 )
+            try:
+                xyz = xyz * conversion_factor(length_unit, "length")
+                e_values = KeyMapping(e.name, level_id, "energy", energy_unit).convert(e_raw)
+                gradient = KeyMapping(grad.name, level_id, "gradient", gradient_unit)
+                f_values = gradient.convert(g_raw)
+            except UnitError as exc:
+                raise InvalidDataError(f"{path}: {where}: {exc}") from exc
+            charge = smiles_charge(_smiles(path, where, group))
+            if abs(charge) > np.iinfo(np.int16).max:
+                raise InvalidDataError(f"{path}: {where}: total charge {charge} from the SMILES")
             units["energy"].add(energy_unit)
             units["gradient"].add(gradient_unit)
             numbers.append(np.tile(z, c))
             positions.append(xyz.reshape(-1, 3))
             n_atoms.append(np.full(c, len(z)))
-            smiles = smiles.decode() if isinstance(smiles, bytes) else str(smiles)
-            charges.append(np.full(c, smiles_charge(smiles)))
+            charges.append(np.full(c, charge))
             energies.append(e_values)
             forces.append(f_values.reshape(-1, 3))
             names.append(name)

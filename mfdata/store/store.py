@@ -11,6 +11,7 @@ import datetime
 import hashlib
 import json
 import os
+import re
 import shutil
 import uuid
 from collections.abc import Iterator
@@ -22,6 +23,7 @@ import numpy as np
 from ase.data import chemical_symbols
 from pydantic import ValidationError
 
+from mfdata.index import StructureIndex
 from mfdata.levels import registry
 from mfdata.linking import geometry_hash
 from mfdata.records import DEFAULT_GEOMETRY_TOLERANCE, InvalidDataError, Source, Structures
@@ -36,6 +38,7 @@ from mfdata.schema import (
 )
 from mfdata.store.zarr_store import (
     Precision,
+    array_checksum,
     combined_checksum,
     read_checksums,
     read_group,
@@ -44,6 +47,8 @@ from mfdata.store.zarr_store import (
 
 MANIFEST = "manifest.json"
 ZARR_DIR = "data.zarr"
+PARTIAL_MARK = ".partial-"  # in the name of a store being written: never a store
+_PARTIAL_NAME = re.compile(r"^\..+\.partial-[0-9a-f]{8}$")  # what atomic_directory makes
 
 
 class StoreError(ValueError):
@@ -67,15 +72,26 @@ def file_sha256(path: str | Path) -> str:
 
 @contextmanager
 def atomic_directory(target: Path) -> Iterator[Path]:
-    """A temporary directory beside ``target`` that becomes ``target`` when the block succeeds."""
-    if target.exists():
+    """A temporary directory beside ``target`` that becomes ``target`` when the block succeeds.
+
+    The temporary name is hidden and marked ``.partial-``: a conversion killed before the rename
+    (SIGKILL, power loss) leaves only that, and :class:`Store` refuses it.
+    """
+    if os.path.lexists(target):
         raise FileExistsError(f"{target}: already exists; choose another output path")
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.parent / f".{target.name}.partial-{uuid.uuid4().hex[:8]}"
+    tmp = target.parent / f".{target.name}{PARTIAL_MARK}{uuid.uuid4().hex[:8]}"
     tmp.mkdir()
     try:
         yield tmp
-        os.rename(tmp, target)
+        try:
+            os.rename(tmp, target)
+        except OSError as exc:
+            if os.path.lexists(target):  # appeared while we wrote: never merge into it
+                raise FileExistsError(
+                    f"{target}: was created by someone else during the conversion; nothing written"
+                ) from exc
+            raise
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -141,6 +157,8 @@ def write_store(
     with atomic_directory(out) as tmp:
         hashes = geometry_hash(structures, tolerance)
         checksums = write_group(str(tmp / ZARR_DIR), structures, hashes, precision)
+        index = StructureIndex.from_structures(structures, hashes).write(str(tmp / ZARR_DIR))
+        checksums.update({name: array_checksum(array) for name, array in index.items()})
         elements = np.unique(structures.numbers)
         manifest = DatasetManifest(
             name=name or out.name,
@@ -172,23 +190,56 @@ def write_manifest(directory: Path, manifest: DatasetManifest) -> None:
     os.replace(tmp, directory / MANIFEST)
 
 
+def store_as_source(store: Store) -> Source:
+    """A store read back as a source, to merge it with others; its manifest is the input file."""
+    structures, _ = store.read()
+    return Source(
+        path=str(store.path / MANIFEST),
+        reader="mfkit-store",
+        structures=structures,
+        source_units={
+            (level, kind): ", ".join(label.source_units)
+            for level, summary in store.manifest.levels.items()
+            for kind, label in summary.labels.items()
+        },
+        atom_energies={
+            level: dict(summary.atom_energies)
+            for level, summary in store.manifest.levels.items()
+            if summary.atom_energies
+        },
+        describe=lambda i: f"{store.path}: structure {i}",
+    )
+
+
 class Store:
     """An opened store: its manifest, and its arrays on demand."""
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
         manifest_path = self.path / MANIFEST
+        if _PARTIAL_NAME.match(self.path.resolve().name):
+            raise StoreError(
+                f"{self.path}: the unfinished output of an interrupted conversion, not a store; "
+                "delete it and convert again"
+            )
         if not manifest_path.is_file():
             raise StoreError(f"{self.path}: not an mfkit store (no {MANIFEST})")
         try:
             data = json.loads(manifest_path.read_text(encoding="utf-8"))
         except (OSError, ValueError) as exc:
             raise StoreError(f"{manifest_path}: unreadable manifest: {exc}") from exc
+        if not isinstance(data, dict):
+            raise StoreError(f"{manifest_path}: invalid manifest: not a JSON object")
         check_format_version(str(data.get("format_version", "0")), self.path)
         try:
             self.manifest = DatasetManifest.model_validate(data)
-        except ValidationError as exc:
-            raise StoreError(f"{manifest_path}: invalid manifest: {exc}") from exc
+        except ValidationError as exc:  # one line for the CLI: the first problem, and a count
+            errors = exc.errors()
+            where = ".".join(map(str, errors[0]["loc"])) or "top level"
+            more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+            raise StoreError(
+                f"{manifest_path}: invalid manifest: {where}: {errors[0]['msg']}{more}"
+            ) from exc
 
     @property
     def zarr_path(self) -> str:
@@ -216,6 +267,10 @@ class Store:
         ]
         if combined_checksum(self.manifest.checksums) != self.manifest.checksum:
             problems.append(f"{self.path}: manifest checksum does not match its array checksums")
+        if not problems:  # LMDB shards are checked against the arrays, so only intact ones
+            from mfdata.store.lmdb_store import verify_shards
+
+            problems += verify_shards(self)
         return problems
 
     def info(self) -> dict:

@@ -1,0 +1,112 @@
+"""A per-structure index for queries: one row of small integers per structure, no Python loops.
+
+Columns: atom count, element bitmask (two 64-bit words: bit Z of a 128-bit mask), label presence
+bits (bit k is label column k: a (level, label) pair), charge, multiplicity, group and geometry
+hash. The index is derived from the immutable arrays and written with them at conversion, under
+``index/`` in the store's Zarr group, so a query never reads positions or atomic numbers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import zarr
+from zarr.codecs import BloscCodec
+
+from mfdata.records import LabelKey, Structures
+
+MAX_LABEL_COLUMNS = 64
+
+
+@dataclass
+class StructureIndex:
+    n_atoms: np.ndarray  # int32 (n,)
+    elements: np.ndarray  # uint64 (n, 2): bit Z of word Z // 64
+    labels: np.ndarray  # uint64 (n,): bit k set when label_columns[k] is present
+    label_columns: list[LabelKey]
+    charge: np.ndarray  # int16 (n,)
+    multiplicity: np.ndarray  # int16 (n,)
+    group: np.ndarray  # int32 (n,)
+    hash: np.ndarray  # uint64 (n,)
+
+    def __len__(self) -> int:
+        return len(self.n_atoms)
+
+    @classmethod
+    def from_structures(cls, s: Structures, hashes: np.ndarray) -> StructureIndex:
+        columns = sorted(s.labels)
+        if len(columns) > MAX_LABEL_COLUMNS:
+            raise ValueError(f"{len(columns)} label columns; the index holds {MAX_LABEL_COLUMNS}")
+        labels = np.zeros(s.n_structures, dtype=np.uint64)
+        for k, key in enumerate(columns):
+            labels |= s.labels[key].present.astype(np.uint64) << np.uint64(k)
+        return cls(
+            n_atoms=s.n_atoms.astype(np.int32),
+            elements=element_masks(s.numbers, s.atom_start[:-1]),
+            labels=labels,
+            label_columns=columns,
+            charge=s.charge.astype(np.int16),
+            multiplicity=s.multiplicity.astype(np.int16),
+            group=s.group.astype(np.int32),
+            hash=hashes.astype(np.uint64),
+        )
+
+    def write(self, zarr_path: str) -> dict[str, np.ndarray]:
+        """Write the columns not already in the store (element masks, label bits); return them."""
+        root = zarr.open_group(zarr_path, mode="r+", zarr_format=3)
+        arrays = {"index/elements": self.elements, "index/labels": self.labels}
+        for name, array in arrays.items():
+            z = root.create_array(
+                name,
+                shape=array.shape,
+                dtype=array.dtype,
+                chunks=(max(1, min(1 << 18, array.shape[0])), *array.shape[1:]),
+                compressors=BloscCodec(cname="zstd", clevel=5, shuffle="shuffle"),
+            )
+            z[...] = array
+        root["index/labels"].attrs["columns"] = [list(c) for c in self.label_columns]
+        return arrays
+
+    @classmethod
+    def read(cls, zarr_path: str) -> StructureIndex:
+        root = zarr.open_group(zarr_path, mode="r", zarr_format=3)
+        labels = root["index/labels"]
+        return cls(
+            n_atoms=root["structures/n_atoms"][...],
+            elements=root["index/elements"][...],
+            labels=labels[...],
+            label_columns=[tuple(c) for c in labels.attrs["columns"]],
+            charge=root["structures/charge"][...],
+            multiplicity=root["structures/multiplicity"][...],
+            group=root["structures/group"][...],
+            hash=root["structures/hash"][...],
+        )
+
+    def label_bit(self, level: str, label: str) -> np.uint64 | None:
+        """The presence bit of (level, label), or None when no structure has it."""
+        try:
+            return np.uint64(1) << np.uint64(self.label_columns.index((level, label)))
+        except ValueError:
+            return None
+
+
+def element_masks(numbers: np.ndarray, starts: np.ndarray) -> np.ndarray:
+    """Per-structure 128-bit element masks as (n, 2) uint64, vectorised over atoms."""
+    z = numbers.astype(np.uint64)
+    masks = np.zeros((len(starts), 2), dtype=np.uint64)
+    if len(z) == 0:
+        return masks
+    low = np.where(z < 64, np.uint64(1) << (z % np.uint64(64)), np.uint64(0))
+    high = np.where(z >= 64, np.uint64(1) << (z % np.uint64(64)), np.uint64(0))
+    masks[:, 0] = np.bitwise_or.reduceat(low, starts)
+    masks[:, 1] = np.bitwise_or.reduceat(high, starts)
+    return masks
+
+
+def elements_mask(atomic_numbers: list[int]) -> np.ndarray:
+    """The 128-bit mask of a set of elements, as two uint64 words."""
+    mask = np.zeros(2, dtype=np.uint64)
+    for z in atomic_numbers:
+        mask[z // 64] |= np.uint64(1) << np.uint64(z % 64)
+    return mask

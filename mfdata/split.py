@@ -1,0 +1,144 @@
+"""Named, group-aware splits shared by all levels of a store, and nested learning-curve subsets.
+
+A split assigns every structure of a store to one part (train/val/test). Units of assignment are
+structures, groups (the molecule a conformer belongs to) or formulas, so that no geometry,
+molecule or formula sits in two parts, whatever level it is labelled at. Units are shuffled with
+the seed and filled into parts by cumulative structure count (a unit goes to the part its
+middle falls in). Subsets of the training part for
+learning curves are prefixes of one seeded permutation, so each contains the smaller ones.
+
+On disk: ``STORE/splits/NAME/`` is a Zarr v3 group with ``part`` (int8, per structure) and
+``subset_order`` (int64 indices of the training part), attributes holding the SplitInfo; written
+atomically, outside the checksummed arrays.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import zarr
+
+from mfdata.linking import _splitmix
+from mfdata.schema import SplitInfo
+from mfdata.store.store import Store, StoreError, atomic_directory, write_manifest
+
+PART_NAMES = {2: ["train", "test"], 3: ["train", "val", "test"]}
+
+
+def split_units(store: Store, by: str) -> np.ndarray | None:
+    """The unit id of every structure: its group or its formula; None when by structure."""
+    root = zarr.open_group(store.zarr_path, mode="r", zarr_format=3)
+    if by == "structure":
+        return None
+    if by == "group":
+        return root["structures/group"][...].astype(np.int64)
+    if by == "formula":
+        numbers = root["atoms/numbers"][...]
+        n_atoms = root["structures/n_atoms"][...]
+        starts = np.concatenate([[0], np.cumsum(n_atoms)[:-1]])
+        # An order-independent composition hash: equal exactly for equal formulas.
+        atom_hash = _splitmix(numbers.astype(np.uint64) + np.uint64(0x9E3779B97F4A7C15))
+        composition = np.add.reduceat(atom_hash, starts) if len(numbers) else atom_hash
+        return np.unique(composition, return_inverse=True)[1].reshape(-1)
+    raise ValueError(f"--by {by!r}: expected structure, group or formula")
+
+
+def assign_parts(
+    units: np.ndarray | None, fractions: list[float], seed: int, n_structures: int
+) -> np.ndarray:
+    """Part index (int8) of every structure, whole units to one part, by cumulative count.
+
+    ``units`` None: every structure is its own unit; exact part sizes by a partial sort, O(n).
+    """
+    rng = np.random.default_rng(seed)
+    bounds = np.cumsum(fractions)[:-1] * n_structures
+    if units is None:
+        cuts = np.round(bounds).astype(np.int64)
+        kth = np.unique(np.clip(cuts, 0, max(n_structures - 1, 0)))
+        ranked = np.argpartition(rng.random(n_structures), kth)
+        part = np.empty(n_structures, dtype=np.int8)
+        for p, chunk in enumerate(np.split(ranked, cuts)):
+            part[chunk] = p
+        return part
+    n_units = int(units.max()) + 1
+    sizes = np.bincount(units, minlength=n_units)
+    order = rng.permutation(n_units)
+    middle = np.cumsum(sizes[order]) - sizes[order] / 2
+    unit_part = np.empty(n_units, dtype=np.int8)
+    unit_part[order] = np.searchsorted(bounds, middle, side="right")
+    return unit_part[units]
+
+
+def make_split(
+    store: Store,
+    name: str,
+    by: str = "structure",
+    fractions: list[float] = (0.8, 0.1, 0.1),
+    seed: int = 0,
+    parts: list[str] | None = None,
+    subsets: list[int] = (),
+) -> SplitInfo:
+    """Compute and save a split in ``store``; an existing name, bad fractions or an empty part
+    are errors and write nothing."""
+    fractions = [float(f) for f in fractions]
+    if any(f <= 0 for f in fractions) or abs(sum(fractions) - 1) > 1e-6:
+        raise ValueError(f"--fractions {fractions}: need positive fractions that sum to 1")
+    default_names = [f"part{i}" for i in range(len(fractions))]
+    parts = list(parts or PART_NAMES.get(len(fractions), default_names))
+    if len(parts) != len(fractions):
+        raise ValueError(f"{len(parts)} part names for {len(fractions)} fractions")
+    if name in store.manifest.splits:
+        raise StoreError(f"{store.path}: a split named {name!r} exists already")
+    part = assign_parts(split_units(store, by), fractions, seed, store.manifest.n_structures)
+    counts = np.bincount(part, minlength=len(parts))
+    empty = [p for p, c in zip(parts, counts, strict=True) if c == 0]
+    if empty:
+        raise ValueError(
+            f"{store.path}: split {name!r} by {by} leaves part(s) {', '.join(empty)} empty "
+            f"({store.manifest.n_structures} structures); use other fractions or --by"
+        )
+    train = np.flatnonzero(part == 0)
+    subset_order = train[np.random.default_rng(seed + 1).permutation(len(train))]
+    too_big = [k for k in subsets if k > len(train)]
+    if too_big:
+        raise ValueError(f"--subsets {too_big}: larger than the training part ({len(train)})")
+    info = SplitInfo(
+        name=name,
+        by=by,
+        fractions=fractions,
+        parts=parts,
+        seed=seed,
+        sizes={p: int(c) for p, c in zip(parts, counts, strict=True)},
+        subsets=sorted(int(k) for k in subsets),
+    )
+    (store.path / "splits").mkdir(exist_ok=True)
+    with atomic_directory(store.path / "splits" / name) as tmp:
+        group = zarr.open_group(str(tmp), mode="w", zarr_format=3)
+        group.create_array("part", data=part)
+        group.create_array("subset_order", data=subset_order.astype(np.int64))
+        group.attrs["split"] = info.model_dump()
+    manifest = store.manifest.model_copy(update={"splits": [*store.manifest.splits, name]})
+    write_manifest(store.path, manifest)
+    store.manifest = manifest
+    return info
+
+
+def read_split(store: Store, name: str) -> tuple[SplitInfo, np.ndarray, np.ndarray]:
+    """A saved split: its info, the part of each structure, and the training-subset order."""
+    if name not in store.manifest.splits:
+        known = ", ".join(store.manifest.splits) or "none"
+        raise StoreError(f"{store.path}: no split named {name!r} (saved splits: {known})")
+    group = zarr.open_group(str(store.path / "splits" / name), mode="r", zarr_format=3)
+    info = SplitInfo.model_validate(group.attrs["split"])
+    return info, group["part"][...], group["subset_order"][...]
+
+
+def split_indices(store: Store, name: str, part: str, subset: int | None = None) -> np.ndarray:
+    """Sorted structure indices of one part (or of a nested training subset of given size)."""
+    info, parts, subset_order = read_split(store, name)
+    if part not in info.parts:
+        raise StoreError(f"split {name!r} has parts {', '.join(info.parts)}, not {part!r}")
+    if subset is not None:
+        if part != info.parts[0] or subset > len(subset_order):
+            raise StoreError(f"a subset of {subset} must come from the training part")
+        return np.sort(subset_order[:subset])
+    return np.flatnonzero(parts == info.parts.index(part))
