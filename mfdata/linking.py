@@ -57,12 +57,10 @@ def geometry_hash(s: Structures, tolerance: float = DEFAULT_GEOMETRY_TOLERANCE) 
     Equal hashes are candidates, not proof: confirm by comparing positions.
     """
     q = np.floor(np.asarray(s.positions, dtype=np.float64) / tolerance + 0.5).astype(np.int64)
-    index = _atom_index(s).astype(np.uint64)
+    q = q.view(np.uint64)
+    atom_key = s.numbers.astype(np.uint64) + (_atom_index(s).astype(np.uint64) << np.uint64(8))
     atom_hash = _splitmix(
-        s.numbers.astype(np.uint64) * _MIX[0]
-        ^ _splitmix(q[:, 0].view(np.uint64) + index)
-        ^ _splitmix(q[:, 1].view(np.uint64) * _MIX[1] + index)
-        ^ _splitmix(q[:, 2].view(np.uint64) * _MIX[2] + index)
+        q[:, 0] * _MIX[0] + q[:, 1] * _MIX[1] + q[:, 2] * _MIX[2] + atom_key * _MIX[3]
     )
     summed = np.add.reduceat(atom_hash, s.atom_start[:-1]) if len(atom_hash) else atom_hash
     return _splitmix(summed ^ s.n_atoms.astype(np.uint64))

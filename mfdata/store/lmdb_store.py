@@ -730,21 +730,26 @@ class LmdbStore:
         return out
 
     def torch_dict(
-        self, i: int, level: str, dtype: torch.dtype | str = "float64"
+        self,
+        i: int,
+        level: str,
+        dtype: torch.dtype | str = "float64",
+        stress: bool | None = None,
     ) -> dict[str, torch.Tensor]:
         """Structure ``i`` with the labels of ``level`` as a nequip AtomicDataDict (one frame).
 
         Keys, shapes and dtypes follow ``nequip.data.from_ase``: ``pos`` (N, 3),
         ``atomic_numbers`` (N,) int64, ``cell`` (1, 3, 3), ``pbc`` (1, 3) bool, ``num_atoms``
         (1,) int64, ``total_energy`` (1, 1), ``forces`` (N, 3), and ``stress`` (1, 3, 3) when the
-        store has stress at any level, so every frame of the store has the same keys. Labels the
-        structure lacks at ``level`` are NaN. Floats are ``dtype`` (the model's dtype).
+        store has stress at any level, so every frame of the store has the same keys (``stress``
+        True or False decides instead, for frames from several stores). Labels the structure
+        lacks at ``level`` are NaN. Floats are ``dtype`` (the model's dtype).
         """
         import torch
 
-        tp = self._torch_plans.get((level, dtype))
+        tp = self._torch_plans.get((level, dtype, stress))
         if tp is None:
-            tp = self._torch_plan(level, dtype)
+            tp = self._torch_plan(level, dtype, stress)
         value, (n, _, _, _, pbc), (structure, atom, fixed) = self._head(i)
         f = tp["np_dtype"]
         from_numpy = torch.from_numpy
@@ -780,7 +785,7 @@ class LmdbStore:
             out[out_key] = from_numpy(array)
         return out
 
-    def _torch_plan(self, level: str, dtype: Any) -> dict[str, Any]:
+    def _torch_plan(self, level: str, dtype: Any, stress: bool | None) -> dict[str, Any]:
         plan = self.plan
         names = {c.name: c for c in plan.labels}
         levels = {name.split("/")[0] for name in names}
@@ -791,9 +796,10 @@ class LmdbStore:
         f = np.dtype(str(dtype).removeprefix("torch."))
         if f not in (np.float32, np.float64):
             raise ValueError(f"dtype {dtype!r}: expected float32 or float64")
-        has_stress = any(name.endswith("/stress") for name in names)
+        if stress is None:
+            stress = any(name.endswith("/stress") for name in names)
         wanted = [("total_energy", "energy", (1,)), ("forces", "forces", (3,))]
-        if has_stress:
+        if stress:
             wanted.append(("stress", "stress", (3, 3)))
         labels = []
         for out_key, kind, shape in wanted:
@@ -809,7 +815,7 @@ class LmdbStore:
                 )
             )
         tp = {"np_dtype": f, "pos_dtype": plan.positions_dtype, "labels": labels}
-        self._torch_plans[(level, dtype)] = tp
+        self._torch_plans[(level, dtype, stress)] = tp
         return tp
 
 

@@ -1,0 +1,173 @@
+"""Torch datasets over packed stores: one sample per (structure, level) label set, for nequip.
+
+Every sample is a nequip AtomicDataDict with the same keys: ``total_energy``, ``forces`` (and
+``stress`` where any store has stress) NaN-filled where the level lacks them, per-frame flags
+``total_energy_present``, ``forces_present``, ``stress_present`` saying which labels are real, the
+head index in nequip's ``dataset`` field, and ``atom_types`` from the chemical species. The order
+of levels (heads) and of type names is fixed when the dataset is made and is what the model reads.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import torch
+import zarr
+from ase.data import atomic_numbers
+from nequip.data import AtomicDataDict, register_fields
+from nequip.data.dataset import AtomicDataset
+
+from mfdata.levels import resolve_level
+from mfdata.query import load_selection, selected_indices
+from mfdata.registry import open_store
+from mfdata.split import split_indices
+from mfdata.store.lmdb_store import LmdbStore
+from mfdata.store.store import Store, StoreError
+
+PRESENT_FIELDS = {
+    "energy": "total_energy_present",
+    "forces": "forces_present",
+    "stress": "stress_present",
+}
+register_fields(graph_fields=list(PRESENT_FIELDS.values()))
+
+
+def default_type_names(stores: Sequence[Store]) -> list[str]:
+    """Every element of the stores, by atomic number."""
+    elements = {symbol for store in stores for symbol in store.manifest.elements}
+    return sorted(elements, key=lambda symbol: atomic_numbers[symbol])
+
+
+def structures_for(
+    store: Store, split: str | None, subset: int | None, selection: str | None
+) -> np.ndarray:
+    """Structure indices of a store restricted to a split part (``NAME:PART``) and a selection."""
+    chosen = np.arange(store.manifest.n_structures)
+    if split is not None:
+        name, sep, part = split.partition(":")
+        if not sep:
+            raise ValueError(f"split {split!r}: expected NAME:PART, e.g. default:train")
+        chosen = split_indices(store, name, part, subset)
+    if selection is not None:
+        chosen = np.intersect1d(
+            chosen, selected_indices(load_selection(selection), store, selection)
+        )
+    return chosen
+
+
+class FidelityDataset(AtomicDataset):
+    """(structure, level) samples from one or more packed stores.
+
+    ``levels`` is the ordered list of heads (ids or aliases): sample heads index into it, and a
+    level a store lacks simply contributes no samples from that store. ``split`` (``NAME:PART``)
+    and ``selection`` (a selection JSON) restrict the structures; ``labels`` are the label kinds
+    that make a structure a sample at a level. ``type_names`` defaults to every element of the
+    stores in order of atomic number.
+    """
+
+    def __init__(
+        self,
+        stores: Sequence[str],
+        levels: Sequence[str],
+        type_names: Sequence[str] | None = None,
+        split: str | None = None,
+        subset: int | None = None,
+        selection: str | None = None,
+        labels: Sequence[str] = ("energy", "forces"),
+        dtype: str = "float64",
+        transforms: Sequence[Callable] = (),
+    ):
+        super().__init__(transforms=list(transforms))
+        opened = [open_store(s) for s in stores]
+        self.levels = [resolve_level(level).id for level in levels]
+        if len(set(self.levels)) != len(self.levels):
+            raise ValueError(f"levels {list(levels)} name one level twice")
+        self.type_names = list(type_names or default_type_names(opened))
+        self.dtype = dtype
+        self.readers = [LmdbStore(store.path) for store in opened]
+        self._type_of = np.full(119, -1, dtype=np.int64)
+        for t, name in enumerate(self.type_names):
+            self._type_of[atomic_numbers[name]] = t
+        missing = sorted({e for s in opened for e in s.manifest.elements} - set(self.type_names))
+        if missing:
+            raise ValueError(f"elements {missing} in the data have no type in {self.type_names}")
+        columns: dict[str, list[np.ndarray]] = {
+            "store": [],
+            "structure": [],
+            "head": [],
+            "n_atoms": [],
+        }
+        for k, store in enumerate(opened):
+            chosen = structures_for(store, split, subset, selection)
+            n_atoms, present = _sample_arrays(store, chosen, self.levels, labels)
+            for head, mask in present.items():
+                columns["store"].append(np.full(int(mask.sum()), k, dtype=np.int16))
+                columns["structure"].append(chosen[mask])
+                columns["head"].append(np.full(int(mask.sum()), head, dtype=np.int16))
+                columns["n_atoms"].append(n_atoms[mask])
+        if not columns["head"] or not sum(len(h) for h in columns["head"]):
+            raise StoreError(f"no samples at levels {self.levels} in {list(stores)}")
+        self.sample_store = np.concatenate(columns["store"])
+        self.sample_structure = np.concatenate(columns["structure"])
+        self.sample_head = np.concatenate(columns["head"])
+        self.n_atoms = np.concatenate(columns["n_atoms"]).astype(np.int64)
+        self.has_stress = any(
+            level in s.manifest.levels and "stress" in s.manifest.levels[level].labels
+            for s in opened
+            for level in self.levels
+        )
+
+    @property
+    def pools(self) -> dict[str, np.ndarray]:
+        """Sample ids per level, in head order (what the sampler mixes)."""
+        return {level: np.flatnonzero(self.sample_head == h) for h, level in enumerate(self.levels)}
+
+    def __len__(self) -> int:
+        return len(self.sample_head)
+
+    def num_atoms(self, indices) -> list[int]:
+        return self.n_atoms[np.asarray(indices)].tolist()
+
+    def _get_data_list(self, indices) -> list[AtomicDataDict.Type]:
+        if isinstance(indices, slice):
+            indices = range(*indices.indices(len(self)))
+        return [self._sample(int(i)) for i in indices]
+
+    def _sample(self, i: int) -> AtomicDataDict.Type:
+        head = int(self.sample_head[i])
+        reader = self.readers[self.sample_store[i]]
+        data = reader.torch_dict(
+            int(self.sample_structure[i]), self.levels[head], self.dtype, stress=self.has_stress
+        )
+        data[AtomicDataDict.ATOM_TYPE_KEY] = torch.from_numpy(
+            self._type_of[data[AtomicDataDict.ATOMIC_NUMBERS_KEY].numpy()]
+        )
+        data[AtomicDataDict.DATASET_KEY] = torch.tensor([[head]], dtype=torch.long)
+        for kind, field in PRESENT_FIELDS.items():
+            key = {
+                "energy": AtomicDataDict.TOTAL_ENERGY_KEY,
+                "forces": AtomicDataDict.FORCE_KEY,
+                "stress": AtomicDataDict.STRESS_KEY,
+            }[kind]
+            if key in data:
+                data[field] = torch.tensor([not bool(torch.isnan(data[key]).all())])
+        return data
+
+
+def _sample_arrays(
+    store: Store, chosen: np.ndarray, levels: list[str], labels: Sequence[str]
+) -> tuple[np.ndarray, dict[int, np.ndarray]]:
+    """Atom counts of ``chosen``, and per head which of them have any of ``labels`` there."""
+    root = zarr.open_group(store.zarr_path, mode="r", zarr_format=3)
+    out = {}
+    for head, level in enumerate(levels):
+        if level not in store.manifest.levels:
+            continue
+        mask = np.zeros(len(chosen), dtype=bool)
+        for kind in labels:
+            path = f"labels/{level}/{kind}/present"
+            if path in root:
+                mask |= root[path][...][chosen]
+        out[head] = mask
+    return root["structures/n_atoms"][...][chosen], out
