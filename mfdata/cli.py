@@ -124,6 +124,13 @@ def convert(
         licence = licence or spec.licence
         citation = citation or spec.citation
         description = spec.description
+    usable = {key for key, _, _ in maps} | {"energy", "free_energy", "forces", "stress", "E", "R"}
+    unused = sorted(set(unit_map) - usable)
+    if unused:
+        raise ValueError(
+            f"--units {', '.join(unused)}: no --map uses these keys (units belong to mapped keys, "
+            "ASE's standard keys, or an sGDML file's E and R)"
+        )
     id_key = None
     if link_by is not None:
         if link_by.startswith("id:") and len(link_by) > 3:

@@ -93,14 +93,16 @@ class StructureIndex:
 
 def element_masks(numbers: np.ndarray, starts: np.ndarray) -> np.ndarray:
     """Per-structure 128-bit element masks as (n, 2) uint64, vectorised over atoms."""
-    z = numbers.astype(np.uint64)
     masks = np.zeros((len(starts), 2), dtype=np.uint64)
-    if len(z) == 0:
+    if len(numbers) == 0:
         return masks
-    low = np.where(z < 64, np.uint64(1) << (z % np.uint64(64)), np.uint64(0))
-    high = np.where(z >= 64, np.uint64(1) << (z % np.uint64(64)), np.uint64(0))
-    masks[:, 0] = np.bitwise_or.reduceat(low, starts)
-    masks[:, 1] = np.bitwise_or.reduceat(high, starts)
+    z = numbers.astype(np.uint64)
+    bits = np.uint64(1) << (z & np.uint64(63))
+    heavy = z >= 64
+    if heavy.any():  # elements from Gd on: the second word
+        masks[:, 1] = np.bitwise_or.reduceat(np.where(heavy, bits, np.uint64(0)), starts)
+        bits[heavy] = 0
+    masks[:, 0] = np.bitwise_or.reduceat(bits, starts)
     return masks
 
 

@@ -16,11 +16,13 @@ import torch
 import zarr
 from ase.data import atomic_numbers
 from nequip.data import AtomicDataDict, register_fields
+from nequip.data.datamodule import NequIPDataModule
 from nequip.data.dataset import AtomicDataset
 
 from mfdata.levels import resolve_level
 from mfdata.query import load_selection, selected_indices
 from mfdata.registry import open_store
+from mfdata.sampler import FidelityBatchSampler, LevelMixing
 from mfdata.split import split_indices
 from mfdata.store.lmdb_store import LmdbStore
 from mfdata.store.store import Store, StoreError
@@ -171,3 +173,129 @@ def _sample_arrays(
                 mask |= root[path][...][chosen]
         out[head] = mask
     return root["structures/n_atoms"][...][chosen], out
+
+
+def frame_transforms(r_max: float, type_names: Sequence[str]) -> list[Callable]:
+    """Molecules get a bounding cell (nequip needs one before the neighbour list), then edges."""
+    from nequip.data.transforms import NeighborListTransform, NonPeriodicCellTransform
+
+    return [
+        NonPeriodicCellTransform(override_cell=True),
+        NeighborListTransform(r_max=r_max, type_names=list(type_names)),
+    ]
+
+
+class FidelityDataModule(NequIPDataModule):
+    """A nequip DataModule over stores: one split, one head order, the fidelity samplers.
+
+    Usable from a ``nequip-train`` YAML by ``_target_: mfdata.loader.FidelityDataModule``.
+    ``levels`` (head order) and ``type_names`` are written into the config and read by the model;
+    ``split`` names a split saved in every store, with parts ``train_part``/``val_part``/
+    ``test_part``. Training batches mix levels as ``mixing`` says, ``batch_size`` structures or
+    ``max_atoms`` atoms each; ``epoch_size`` is the number of samples per epoch (all ranks).
+    """
+
+    def __init__(
+        self,
+        seed: int,
+        stores: Sequence[str],
+        levels: Sequence[str],
+        type_names: Sequence[str] | None = None,
+        r_max: float = 5.0,
+        split: str = "default",
+        train_part: str = "train",
+        val_part: str = "val",
+        test_part: str = "test",
+        subset: int | None = None,
+        selection: str | None = None,
+        labels: Sequence[str] = ("energy", "forces"),
+        dtype: str = "float64",
+        mixing: dict | LevelMixing | None = None,
+        epoch_size: int | None = None,
+        batch_size: int | None = 8,
+        max_atoms: int | None = None,
+        val_batch_size: int = 32,
+        num_workers: int = 0,
+    ):
+        stores = [str(s) for s in stores]
+        if type_names is None:
+            type_names = default_type_names([open_store(s) for s in stores])
+        self.levels = [resolve_level(level).id for level in levels]
+        self.type_names = list(type_names)
+        common = {
+            "_target_": "mfdata.loader.FidelityDataset",
+            "stores": stores,
+            "levels": self.levels,
+            "type_names": self.type_names,
+            "selection": selection,
+            "labels": list(labels),
+            "dtype": dtype,
+        }
+        parts = {"train": (train_part, subset), "val": (val_part, None), "test": (test_part, None)}
+        configs = {
+            stage: {**common, "split": f"{split}:{part}", "subset": size}
+            for stage, (part, size) in parts.items()
+        }
+        super().__init__(
+            seed=seed,
+            train_dataset=configs["train"],
+            val_dataset=configs["val"],
+            test_dataset=configs["test"],
+        )
+        self.r_max = r_max
+        self.mixing = LevelMixing.model_validate(mixing or {})
+        self.epoch_size = epoch_size
+        self.batch_size, self.max_atoms = batch_size, max_atoms
+        self.val_batch_size, self.num_workers = val_batch_size, num_workers
+        self._samplers: dict[str, FidelityBatchSampler] = {}
+        self._sampler_state: dict[str, dict] = {}
+
+    def _loader(self, stage: str, dataset: FidelityDataset) -> torch.utils.data.DataLoader:
+        dataset.transforms = frame_transforms(self.r_max, self.type_names)
+        train = stage == "train"
+        sampler = FidelityBatchSampler(
+            dataset.pools,
+            dataset.n_atoms,
+            mixing=self.mixing if train else None,
+            epoch_size=self.epoch_size if train else None,
+            batch_size=(self.batch_size if train else self.val_batch_size)
+            if self.max_atoms is None or not train
+            else None,
+            max_atoms=self.max_atoms if train else None,
+            seed=self.seed,
+            shuffle=train,
+        )
+        if stage in self._sampler_state:
+            sampler.load_state_dict(self._sampler_state.pop(stage))
+        self._samplers[stage] = sampler
+        return torch.utils.data.DataLoader(
+            dataset,
+            batch_sampler=sampler,
+            collate_fn=AtomicDataDict.batched_from_list,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+        )
+
+    def train_dataloader(self) -> torch.utils.data.DataLoader:
+        if not hasattr(self, "_train_dataloader"):
+            self._train_dataloader = [self._loader("train", d) for d in self.train_dataset]
+        return self._train_dataloader[0]
+
+    def val_dataloader(self) -> list[torch.utils.data.DataLoader]:
+        if not hasattr(self, "_val_dataloader"):
+            self._val_dataloader = [self._loader("val", d) for d in self.val_dataset]
+        return self._val_dataloader
+
+    def test_dataloader(self) -> list[torch.utils.data.DataLoader]:
+        if not hasattr(self, "_test_dataloader"):
+            self._test_dataloader = [self._loader("test", d) for d in self.test_dataset]
+        return self._test_dataloader
+
+    def state_dict(self) -> dict:
+        state = super().state_dict()
+        state["mfkit_samplers"] = {stage: s.state_dict() for stage, s in self._samplers.items()}
+        return state
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        super().load_state_dict(state_dict)
+        self._sampler_state = dict(state_dict.get("mfkit_samplers", {}))

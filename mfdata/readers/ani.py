@@ -185,11 +185,12 @@ def _attach_labels(s: Structures, raw: dict[tuple[str, str], list[np.ndarray]]) 
     """
     for key, lists in raw.items():
         kind = LABEL_KINDS[key[1]]
-        values = np.concatenate(lists)
-        factor = conversion_factor(
+        values = np.concatenate(lists)  # a fresh array: scaled in place below
+        if kind.name == "energy":
+            values = values.astype(np.float64, copy=False)
+        values *= conversion_factor(
             HARTREE if kind.name == "energy" else HARTREE_PER_ANGSTROM, kind.dimension
         )
-        values = values.astype(np.float64 if kind.name == "energy" else values.dtype) * factor
         if kind.per == "atom":
             present = np.logical_or.reduceat(~np.isnan(values).all(axis=1), s.atom_start[:-1])
         else:
