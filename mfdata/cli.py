@@ -328,7 +328,7 @@ def demo(
             group_key=None,
             name="ani1_n5",
             precision="lossless",
-            licence="MIT (modelforge test data); ANI data CC BY 4.0",
+            licence="MIT (the modelforge test file this sample comes from)",
             citation=None,
         )
         problems = Store(target).verify()

@@ -215,6 +215,19 @@ def _check_unique_ids(source: Source, link_by: str) -> None:
         )
 
 
+def _add_labels_in_passes(target: Structures, source: Source, matches: np.ndarray) -> None:
+    """Like :func:`_add_labels`, but records of one source that match the same structure are
+    added one pass each, so that they are checked against each other too."""
+    pending = matches.copy()
+    while (pending >= 0).any():
+        rows = np.flatnonzero(pending >= 0)
+        _, first = np.unique(pending[rows], return_index=True)
+        now = np.full_like(pending, -1)
+        now[rows[first]] = pending[rows[first]]
+        _add_labels(target, source, now)
+        pending[rows[first]] = -1
+
+
 def link_sources(
     sources: list[Source],
     link_by: str | None,
@@ -250,7 +263,7 @@ def link_sources(
                     f"{source.path}: {source.describe(int(bad[0]))}: id {source.ids[bad[0]]} "
                     "names a structure with a different number of atoms"
                 )
-        _add_labels(result, source, matches)
+        _add_labels_in_passes(result, source, matches)
         new = np.flatnonzero(matches < 0)
         if len(new):
             result = _concatenate(result, s.select(new))

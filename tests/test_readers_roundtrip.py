@@ -312,3 +312,52 @@ def test_export_extxyz_roundtrip(tmp_path, shared):
     np.testing.assert_allclose(
         [a.get_potential_energy() for a in frames], label.values[label.present], rtol=1e-12
     )
+
+
+def test_duplicate_geometries_in_one_file_are_checked_against_each_other(tmp_path, shared):
+    """Two records of the second file with the same geometry but different labels conflict."""
+    path = shared / "water_dimers_mp2_ccsdt" / "pe_c-mp2_ad_nf_n12_cp_1-800.xyz"
+    frames = read(path, ":5")
+    mp2_only = [f.copy() for f in frames]
+    for atoms, original in zip(mp2_only, frames, strict=True):
+        atoms.info = {"Emp2": original.info["Emp2"]}
+    write(tmp_path / "a.xyz", mp2_only)  # no CCSD(T) here: the twins differ only from each other
+    cc = frames[2].copy()
+    cc.info = {"Eccsdt2": frames[2].info["Eccsdt2"]}
+    twin = cc.copy()
+    twin.info = {"Eccsdt2": cc.info["Eccsdt2"] + 0.5}
+    write(tmp_path / "b.xyz", [cc, twin])
+    proc = run_cli(
+        "convert",
+        tmp_path / "a.xyz",
+        tmp_path / "b.xyz",
+        "--map",
+        "Emp2=mp2-augccpvdz:energy",
+        "--units",
+        "Emp2=eV",
+        "--map",
+        "Eccsdt2=ccsdt-augccpvdz:energy",
+        "--units",
+        "Eccsdt2=eV",
+        "--link-by",
+        "geometry",
+        "--out",
+        tmp_path / "out",
+        check=False,
+    )
+    assert proc.returncode == 2 and "b.xyz: record 1" in proc.stderr and "conflicts" in proc.stderr
+
+
+def test_unused_units_are_an_error(tmp_path, shared):
+    proc = run_cli(
+        "convert",
+        shared / "botnet_3BPA" / "train_300K.xyz",
+        "--level",
+        "wb97x-631gd",
+        "--units",
+        "Emp2=eV",
+        "--out",
+        tmp_path / "out",
+        check=False,
+    )
+    assert proc.returncode == 2 and "--units Emp2" in proc.stderr
