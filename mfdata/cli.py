@@ -22,7 +22,7 @@ from mfdata.catalog import (
 )
 from mfdata.levels import UnknownLevelError, registry, resolve_level
 from mfdata.linking import link_sources
-from mfdata.query import parse_has, select
+from mfdata.query import parse_has, select, source_ids
 from mfdata.readers import FORMATS, parse_mapping, read_source
 from mfdata.records import DEFAULT_GEOMETRY_TOLERANCE, InvalidDataError, Source
 from mfdata.registry import check_name_free, home, open_store, register, registered
@@ -372,6 +372,9 @@ def query(
     min_atoms: Annotated[int | None, typer.Option(help="At least this many atoms.")] = None,
     max_atoms: Annotated[int | None, typer.Option(help="At most this many atoms.")] = None,
     charge: Annotated[int | None, typer.Option(help="Total charge.")] = None,
+    source: Annotated[
+        str | None, typer.Option(help="Input file (path or file name) or store name.")
+    ] = None,
     count: Annotated[bool, typer.Option(help="Print the number of matches alone.")] = False,
     out: Annotated[Path | None, typer.Option(help="Save the selection as JSON.")] = None,
 ) -> None:
@@ -389,7 +392,11 @@ def query(
         min_atoms=min_atoms,
         max_atoms=max_atoms,
         charge=charge,
+        source=source,
     )
+    if source is not None and not any(len(source_ids(s, source)) for s in opened):
+        names = sorted({Path(f.path).name for s in opened for f in s.manifest.provenance.inputs})
+        raise ValueError(f"--source {source!r}: no store has that input; inputs: {names}")
     selection = select(opened, spec)
     total = sum(entry.n_selected for entry in selection.stores)
     if out is not None:

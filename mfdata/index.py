@@ -1,9 +1,10 @@
 """A per-structure index for queries: one row of small integers per structure, no Python loops.
 
 Columns: atom count, element bitmask (two 64-bit words: bit Z of a 128-bit mask), label presence
-bits (bit k is label column k: a (level, label) pair), charge, multiplicity, group and geometry
-hash. The index is derived from the immutable arrays and written with them at conversion, under
-``index/`` in the store's Zarr group, so a query never reads positions or atomic numbers.
+bits (bit k is label column k: a (level, label) pair), charge, multiplicity, group, geometry
+hash and source (the input file a structure came from). Element masks and label bits are
+derived from the immutable arrays and written with them at conversion, under ``index/`` in the
+store's Zarr group, so a query never reads positions or atomic numbers.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ class StructureIndex:
     multiplicity: np.ndarray  # int16 (n,)
     group: np.ndarray  # int32 (n,)
     hash: np.ndarray  # uint64 (n,)
+    source: np.ndarray  # int16 (n,): index into the store's input files
 
     def __len__(self) -> int:
         return len(self.n_atoms)
@@ -49,6 +51,7 @@ class StructureIndex:
             charge=s.charge.astype(np.int16),
             multiplicity=s.multiplicity.astype(np.int16),
             group=s.group.astype(np.int32),
+            source=s.source.astype(np.int16),
             hash=hashes.astype(np.uint64),
         )
 
@@ -80,6 +83,7 @@ class StructureIndex:
             charge=root["structures/charge"][...],
             multiplicity=root["structures/multiplicity"][...],
             group=root["structures/group"][...],
+            source=root["structures/source"][...],
             hash=root["structures/hash"][...],
         )
 

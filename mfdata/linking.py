@@ -138,6 +138,7 @@ def _concatenate(a: Structures, b: Structures) -> Structures:
         multiplicity=np.concatenate([a.multiplicity, b.multiplicity]),
         group=np.concatenate([a.group, b_group]),
         group_names=list(groups),
+        source=np.concatenate([a.source, b.source]),
     )
     for key in {*a.labels, *b.labels}:
         merged.labels[key] = Label(
@@ -236,8 +237,11 @@ def link_sources(
     """Combine sources into one set of structures.
 
     ``link_by`` None appends the sources; ``"geometry"`` merges records with the same geometry;
-    ``"id:KEY"`` merges records whose id (read by the readers from KEY) agrees.
+    ``"id:KEY"`` merges records whose id (read by the readers from KEY) agrees. Each structure's
+    ``source`` is the position in ``sources`` of the first source that has its geometry.
     """
+    for k, source in enumerate(sources):
+        source.structures.source[:] = k
     sources = [source for source in sources if source.structures.n_structures]
     if not sources:
         raise InvalidDataError("no structures in any source (only isolated atoms)")

@@ -41,9 +41,25 @@ def parse_has(items: list[str], stores: list[Store]) -> list[tuple[str, str]]:
     return pairs
 
 
-def query_mask(index: StructureIndex, spec: QuerySpec) -> np.ndarray:
-    """Which structures of one index satisfy ``spec``."""
+def source_ids(store: Store, source: str) -> np.ndarray:
+    """Input-file indices of ``store`` that ``source`` names: the store's name (all of them), an
+    input's path, or an input's file name."""
+    inputs = store.manifest.provenance.inputs
+    if source == store.manifest.name:
+        return np.arange(max(len(inputs), 1))
+    return np.array(
+        [k for k, f in enumerate(inputs) if source in (f.path, Path(f.path).name)], dtype=np.int64
+    )
+
+
+def query_mask(
+    index: StructureIndex, spec: QuerySpec, sources: np.ndarray | None = None
+) -> np.ndarray:
+    """Which structures of one index satisfy ``spec`` (``sources``: input ids ``spec.source``
+    names in this store)."""
     mask = np.ones(len(index), dtype=bool)
+    if sources is not None:
+        mask &= np.isin(index.source, sources)
     required = np.uint64(0)
     for level, label in spec.has:
         bit = index.label_bit(level, label)
@@ -77,7 +93,8 @@ def select(stores: list[Store], spec: QuerySpec) -> Selection:
     chosen = []
     for store in stores:
         index = StructureIndex.read(store.zarr_path)
-        indices = np.flatnonzero(query_mask(index, spec))
+        sources = None if spec.source is None else source_ids(store, spec.source)
+        indices = np.flatnonzero(query_mask(index, spec, sources))
         chosen.append(
             SelectedStore(
                 name=store.manifest.name,

@@ -47,6 +47,12 @@ class Structures:
     group: np.ndarray  # int32 index into group_names: the molecule a conformer belongs to
     group_names: list[str]
     labels: dict[LabelKey, Label] = field(default_factory=dict)
+    # int16 index into the store's input files (provenance.inputs); 0 for a single source
+    source: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        if self.source is None:
+            self.source = np.zeros(len(self.n_atoms), dtype=np.int16)
 
     @property
     def n_structures(self) -> int:
@@ -83,6 +89,7 @@ class Structures:
             group=group.astype(np.int32),
             group_names=[self.group_names[g] for g in used],
             labels=labels,
+            source=self.source[index],
         )
 
 

@@ -213,6 +213,7 @@ class QuerySpec(_Model):
     min_atoms: int | None = None
     max_atoms: int | None = None
     charge: int | None = None
+    source: str | None = Field(None, description="Input file (path or name) or store name.")
 
 
 class SelectedStore(_Model):

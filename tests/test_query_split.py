@@ -23,8 +23,9 @@ def ani1(tmp_path, shared):
 
 def test_query_counts_on_ani1(ani1):
     assert run_cli("query", ani1, "--has", "ccsd(t)_cbs:energy", "--count").stdout.strip() == "6"
-    both = run_cli("query", ani1, "--has", "wb97x_dz:forces", "--has", "ccsd(t)_cbs:energy",
-                   "--count")
+    both = run_cli(
+        "query", ani1, "--has", "wb97x_dz:forces", "--has", "ccsd(t)_cbs:energy", "--count"
+    )
     assert both.stdout.strip() == "6"
     assert run_cli("query", ani1, "--has", "ccsd(t)_cbs:forces", "--count").stdout.strip() == "0"
     small = run_cli("query", ani1, "--max-atoms", "13", "--elements", "H,C,N,O", "--count")
@@ -47,8 +48,9 @@ def test_selection_records_checksums_and_survives_splits(ani1, tmp_path):
     store = Store(ani1)
     chosen = selected_indices(selection, store)
     s, _ = store.read()
-    np.testing.assert_array_equal(chosen, np.flatnonzero(s.labels[("ccsdt-star-cbs",
-                                                                    "energy")].present))
+    np.testing.assert_array_equal(
+        chosen, np.flatnonzero(s.labels[("ccsdt-star-cbs", "energy")].present)
+    )
     run_cli("split", ani1, "--name", "s", "--fractions", "0.5,0.5")
     np.testing.assert_array_equal(selected_indices(selection, Store(ani1)), chosen)
 
@@ -64,8 +66,16 @@ def test_selection_on_another_store_is_refused(ani1, tmp_path, shared):
 
 def _water(tmp_path, shared, name="water"):
     out = tmp_path / name
-    run_cli("convert", shared / "water_dimers_mp2_ccsdt" / "pe_c-mp2_ad_nf_n12_cp_1-800.xyz",
-            "--map", "Emp2=mp2-augccpvdz:energy", "--units", "Emp2=eV", "--out", out)
+    run_cli(
+        "convert",
+        shared / "water_dimers_mp2_ccsdt" / "pe_c-mp2_ad_nf_n12_cp_1-800.xyz",
+        "--map",
+        "Emp2=mp2-augccpvdz:energy",
+        "--units",
+        "Emp2=eV",
+        "--out",
+        out,
+    )
     return out
 
 
@@ -133,16 +143,39 @@ def test_merge_joins_levels_by_geometry(tmp_path, shared):
     frames = read(path, ":300")
     write(tmp_path / "a.xyz", frames[:200])
     write(tmp_path / "b.xyz", frames[100:])
-    run_cli("convert", tmp_path / "a.xyz", "--map", "Emp2=mp2-augccpvdz:energy", "--units",
-            "Emp2=eV", "--out", tmp_path / "mp2")
-    run_cli("convert", tmp_path / "b.xyz", "--map", "Eccsdt2=ccsdt-augccpvdz:energy", "--units",
-            "Eccsdt2=eV", "--out", tmp_path / "cc")
+    run_cli(
+        "convert",
+        tmp_path / "a.xyz",
+        "--map",
+        "Emp2=mp2-augccpvdz:energy",
+        "--units",
+        "Emp2=eV",
+        "--out",
+        tmp_path / "mp2",
+    )
+    run_cli(
+        "convert",
+        tmp_path / "b.xyz",
+        "--map",
+        "Eccsdt2=ccsdt-augccpvdz:energy",
+        "--units",
+        "Eccsdt2=eV",
+        "--out",
+        tmp_path / "cc",
+    )
     run_cli("merge", tmp_path / "mp2", tmp_path / "cc", "--out", tmp_path / "both")
     info = json.loads(run_cli("info", tmp_path / "both", "--json").stdout)
     assert info["n_structures"] == 300
     assert info["levels"] == {"mp2-augccpvdz": {"energy": 200}, "ccsdt-augccpvdz": {"energy": 200}}
-    count = run_cli("query", tmp_path / "both", "--has", "mp2-augccpvdz:energy", "--has",
-                    "ccsdt-augccpvdz:energy", "--count")
+    count = run_cli(
+        "query",
+        tmp_path / "both",
+        "--has",
+        "mp2-augccpvdz:energy",
+        "--has",
+        "ccsdt-augccpvdz:energy",
+        "--count",
+    )
     assert count.stdout.strip() == "100"
 
 
@@ -153,9 +186,35 @@ def test_merge_conflict_is_reported(tmp_path, shared):
     frames[5].info["Emp2"] += 1.0
     write(tmp_path / "b.xyz", frames)
     for name in ("a", "b"):
-        run_cli("convert", tmp_path / f"{name}.xyz", "--map", "Emp2=mp2-augccpvdz:energy",
-                "--units", "Emp2=eV", "--out", tmp_path / f"s{name}")
-    proc = run_cli("merge", tmp_path / "sa", tmp_path / "sb", "--out", tmp_path / "m",
-                   check=False)
+        run_cli(
+            "convert",
+            tmp_path / f"{name}.xyz",
+            "--map",
+            "Emp2=mp2-augccpvdz:energy",
+            "--units",
+            "Emp2=eV",
+            "--out",
+            tmp_path / f"s{name}",
+        )
+    proc = run_cli("merge", tmp_path / "sa", tmp_path / "sb", "--out", tmp_path / "m", check=False)
     assert proc.returncode == 2 and "conflicts" in proc.stderr and "structure 5" in proc.stderr
     assert not (tmp_path / "m").exists()
+
+
+def test_query_by_source_file(tmp_path, shared):
+    folder = shared / "botnet_acac"
+    out = tmp_path / "acac"
+    run_cli(
+        "convert",
+        folder / "test_H_transfer.xyz",
+        folder / "test_dihedral.xyz",
+        "--level",
+        "pbe-d3-def2svp",
+        "--out",
+        out,
+    )
+    assert run_cli("query", out, "--source", "test_H_transfer.xyz", "--count").stdout == "15\n"
+    assert run_cli("query", out, "--source", "test_dihedral.xyz", "--count").stdout == "45\n"
+    assert run_cli("query", out, "--source", "acac", "--count").stdout == "60\n"
+    proc = run_cli("query", out, "--source", "nope.xyz", "--count", check=False)
+    assert proc.returncode == 2 and "test_dihedral.xyz" in proc.stderr

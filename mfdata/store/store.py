@@ -150,8 +150,7 @@ def write_store(
             size=os.path.getsize(src.path),
             reader=src.reader,
         )
-        for src in sources
-        if os.path.isfile(src.path)
+        for src in sources  # in order: a structure's ``source`` indexes this list
     ]
     levels = _level_summaries(structures, sources)
     with atomic_directory(out) as tmp:

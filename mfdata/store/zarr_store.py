@@ -8,6 +8,7 @@ Layout inside ``STORE/data.zarr``::
     structures/charge        int16   (n_structures,)
     structures/multiplicity  int16   (n_structures,)         0 where the source does not say
     structures/group         int32   (n_structures,)         attribute ``names``: group names
+    structures/source        int16   (n_structures,)         index into the manifest's inputs
     structures/hash          uint64  (n_structures,)         geometry hash (see mfdata.linking)
     atoms/numbers            uint8   (n_atoms_total,)
     atoms/positions          float   (n_atoms_total, 3)      Å
@@ -79,6 +80,7 @@ def structure_arrays(s: Structures, hashes: np.ndarray) -> dict[str, np.ndarray]
         "structures/charge": s.charge.astype(np.int16),
         "structures/multiplicity": s.multiplicity.astype(np.int16),
         "structures/group": s.group.astype(np.int32),
+        "structures/source": s.source.astype(np.int16),
         "structures/hash": hashes.astype(np.uint64),
         "atoms/numbers": s.numbers.astype(np.uint8),
         "atoms/positions": s.positions,
@@ -142,6 +144,7 @@ def read_group(path: str) -> tuple[Structures, np.ndarray]:
         multiplicity=root["structures/multiplicity"][...],
         group=group[...],
         group_names=list(group.attrs["names"]),
+        source=root["structures/source"][...],
     )
     if "labels" in root:
         for level, level_group in root["labels"].groups():
