@@ -8,7 +8,14 @@ import torch
 from hydra.utils import instantiate
 from nequip.data import AtomicDataDict
 
-from mfdata.loader import FidelityDataModule, FidelityDataset, frame_transforms
+from mfdata.loader import (
+    FidelityDataLoader,
+    FidelityDataModule,
+    FidelityDataset,
+    frame_transforms,
+    pack_batch,
+    unpack_batch,
+)
 from mfdata.sampler import FidelityBatchSampler
 from mfdata.store.store import Store
 from tests.conftest import run_cli
@@ -135,3 +142,43 @@ def test_datamodule_from_a_nequip_style_config(stores):
     state = module.state_dict()
     assert state["mfkit_samplers"]["train"]["epoch"] == 0
     assert isinstance(module, FidelityDataModule)
+
+
+def test_packed_batches_from_workers_equal_plain_ones(stores):
+    """Workers send a batch as one buffer; what comes out is the plain collated batch, and a
+    nequip model takes it (forces need grad on ``pos``, a view into the buffer)."""
+    types = ["H", "C", "N", "O"]
+    dataset = FidelityDataset(stores, LEVELS, transforms=frame_transforms(4.0, types))
+    sampler = FidelityBatchSampler(dataset.pools, dataset.n_atoms, batch_size=6, seed=2)
+    plain = [AtomicDataDict.batched_from_list(dataset[b]) for b in sampler]
+    packed = list(FidelityDataLoader(dataset, sampler, num_workers=2))
+    assert len(packed) == len(plain)
+    for got, want in zip(packed, plain, strict=True):
+        assert list(got) == list(want)
+        for key in want:
+            assert got[key].dtype == want[key].dtype, key
+            torch.testing.assert_close(got[key], want[key], rtol=0, atol=0, equal_nan=True)
+    unpacked = unpack_batch(pack_batch(dataset[[0, 1, 2]]))
+    assert unpacked["forces_present"].dtype == torch.bool
+
+    from nequip.model import NequIPGNNModel
+    from nequip.utils.global_state import set_global_state
+
+    set_global_state()
+    model = NequIPGNNModel(
+        seed=0,
+        model_dtype="float64",
+        type_names=types,
+        r_max=4.0,
+        num_layers=1,
+        l_max=1,
+        num_features=8,
+        radial_mlp_depth=1,
+        radial_mlp_width=8,
+        avg_num_neighbors=10.0,
+        per_type_energy_shifts=dict.fromkeys("HCNO", 0.0),
+        per_type_energy_scales=dict.fromkeys("HCNO", 1.0),
+    )
+    out = model(packed[0])
+    expected = model(plain[0])
+    torch.testing.assert_close(out[AtomicDataDict.FORCE_KEY], expected[AtomicDataDict.FORCE_KEY])

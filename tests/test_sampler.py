@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from mfdata.sampler import FidelityBatchSampler, LevelMixing, make_batches
+from mfdata.sampler import FidelityBatchSampler, LevelMixing, interleave, make_batches
 
 RNG = np.random.default_rng(0)
 N_ATOMS = RNG.integers(3, 30, 1300)
@@ -139,3 +139,56 @@ def test_deterministic_and_resumable_mid_epoch():
     other = make()
     other.set_epoch(5)
     assert list(other) != full
+
+
+BLOCKS = np.arange(1300) // 100  # 13 blocks of 100 consecutive sample ids
+
+
+def test_block_shuffle_orders_by_block():
+    sampler = FidelityBatchSampler(POOLS, N_ATOMS, batch_size=10, seed=2, blocks=BLOCKS)
+    samples = np.concatenate(list(sampler))
+    assert sorted(samples.tolist()) == list(range(1300))
+    assert np.count_nonzero(np.diff(BLOCKS[samples])) == 12, "every block is one run"
+    assert BLOCKS[samples][::100].tolist() != sorted(BLOCKS[samples][::100].tolist())
+    # the same samples as the plain shuffle draws, only reordered (mixing is unchanged)
+    mixing = LevelMixing(mode="balanced")
+    plain = FidelityBatchSampler(POOLS, N_ATOMS, mixing=mixing, epoch_size=600, batch_size=6)
+    block = FidelityBatchSampler(
+        POOLS, N_ATOMS, mixing=mixing, epoch_size=600, batch_size=6, blocks=BLOCKS
+    )
+    assert sorted(np.concatenate(list(plain))) == sorted(np.concatenate(list(block)))
+    # validation order: by block, pools' order within
+    ordered = FidelityBatchSampler(POOLS, N_ATOMS, batch_size=50, shuffle=False, blocks=BLOCKS)
+    assert np.concatenate(list(ordered)).tolist() == list(range(1300))
+    with pytest.raises(ValueError, match="blocks has 5 entries"):
+        FidelityBatchSampler(POOLS, N_ATOMS, batch_size=5, blocks=np.zeros(5))
+
+
+@pytest.mark.parametrize("n", [0, 1, 7, 8, 9, 30])
+def test_interleave_gives_each_worker_one_contiguous_run(n):
+    batches = [np.array([i]) for i in range(n)]
+    out = interleave(batches, 3)
+    assert sorted(int(b[0]) for b in out) == list(range(n))
+    # a DataLoader hands batch k to worker k % 3: each worker gets consecutive batches
+    for w in range(3):
+        got = [int(b[0]) for b in out[w::3]]
+        if got:
+            assert got == list(range(got[0], got[0] + len(got)))
+    lengths = [len(out[w::3]) for w in range(3)]
+    assert max(lengths) - min(lengths) <= 1
+
+
+def test_block_shards_are_contiguous_runs_and_resume():
+    kwargs = {"max_atoms": 120, "seed": 9, "blocks": BLOCKS, "world_size": 2, "num_workers": 2}
+    ranks = [list(FidelityBatchSampler(POOLS, N_ATOMS, rank=r, **kwargs)) for r in range(2)]
+    assert len(ranks[0]) == len(ranks[1])
+    for batches in ranks:
+        seen = np.concatenate(batches)
+        # each rank touches few blocks: about half of them, plus the ones at run edges
+        assert len(np.unique(BLOCKS[seen])) <= 13 // 2 + 3
+    sampler = FidelityBatchSampler(POOLS, N_ATOMS, rank=1, **kwargs)
+    iterator = iter(sampler)
+    first = [next(iterator) for _ in range(4)]
+    resumed = FidelityBatchSampler(POOLS, N_ATOMS, rank=1, **kwargs)
+    resumed.load_state_dict(sampler.state_dict())
+    assert first + list(resumed) == ranks[1]

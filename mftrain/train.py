@@ -1,0 +1,567 @@
+"""``mftrain fit``: from mfkit's training config to a nequip run, then run it with nequip.
+
+The steps, all before any training (so that a bad config or store fails early):
+
+1. open the stores; pack those without LMDB shards, compute missing statistics, and make a
+   deterministic group-aware 90/5/5 split where the configured split is missing (saying so);
+2. ask the strategy for the heads (one ordering, written into both the data module's and the
+   model's config), measure the training data (samples per level, mixing ratios, average number
+   of neighbours), and initialise every head from its level's statistics;
+3. build the nequip/Hydra config (``FidelityDataModule``, ``MultiHeadNequIPModel``,
+   ``MultiFidelityLoss``, the training module with the run's provenance, Lightning's trainer with
+   ``best.ckpt``/``last.ckpt`` checkpoints) and build the model once to check it;
+4. write ``mftrain.yaml`` (the resolved mfkit config), ``config.yaml`` (the nequip config) and
+   ``provenance.json`` into the output directory and run ``nequip-train`` on it, in this process.
+   When the directory holds a ``last.ckpt`` of the same run, training resumes from it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import sys
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from mfdata.registry import open_store
+from mfdata.store.store import Store, StoreError, mfkit_version
+from mftrain.config import ConfigError, TrainConfig
+from mftrain.heads import HeadInit, head_initialisation
+from mftrain.loss import weight_table
+from mftrain.strategies import Plan, plan
+
+Echo = Callable[[str], None]
+MONITOR = "val0_epoch/weighted_sum"
+DEFAULT_OUT = "mftrain-run"
+DEFAULT_FRACTIONS = (0.9, 0.05, 0.05)
+NEIGHBOUR_SAMPLES = 256
+
+
+@dataclass
+class Prepared:
+    """Everything ``fit`` decided before training."""
+
+    config: TrainConfig  # resolved: absolute store paths, head order
+    out: Path
+    stores: list[Store]
+    plan: Plan
+    type_names: list[str]
+    init: HeadInit
+    nequip: dict[str, Any]
+    provenance: dict[str, Any]
+
+
+# --------------------------------------------------------------------------- stores
+
+
+def ensure_split(store: Store, name: str, seed: int, echo: Echo) -> None:
+    """Make the split ``name`` where the store lacks it: group-aware 90/5/5, else by structure."""
+    from mfdata.split import make_split
+
+    if name in store.manifest.splits:
+        return
+    info = None
+    for by in ("group", "structure"):
+        try:
+            info = make_split(store, name, by=by, fractions=list(DEFAULT_FRACTIONS), seed=seed)
+            break
+        except ValueError as exc:
+            if "empty" not in str(exc):
+                raise
+    if info is None:
+        raise ConfigError(
+            f"{store.path}: no split named {name!r}, and its {store.manifest.n_structures} "
+            "structures are too few for a 90/5/5 split; make one with `mfdata split "
+            f"{store.path} --name {name} --fractions ...`"
+        )
+    sizes = ", ".join(f"{part} {n}" for part, n in info.sizes.items())
+    note = "" if info.by == "group" else " (by structure: its groups are too few)"
+    echo(
+        f"{store.path}: no split named {name!r}; made a deterministic {info.by}-aware 90/5/5 "
+        f"split{note} with seed {seed} ({sizes}) and saved it in the store"
+    )
+
+
+def prepare_stores(config: TrainConfig, echo: Echo) -> list[Store]:
+    """Open the stores, packing them, computing statistics and making the split where missing."""
+    from mfdata.stats import StatisticsWarning, all_warnings, update_statistics
+    from mfdata.store.lmdb_store import pack
+
+    if not config.data.stores:
+        raise ConfigError("no training data: give --data STORE (or data.stores in the config)")
+    stores = [open_store(name) for name in config.data.stores]
+    paths = [s.path.resolve() for s in stores]
+    if len(set(paths)) != len(paths):
+        raise ConfigError(f"data.stores names one store twice: {config.data.stores}")
+    for store in stores:
+        if store.manifest.lmdb is None:
+            echo(f"{store.path}: not packed for the loader; packing it (mfdata pack)")
+            pack(store.path)
+        missing = [lvl for lvl in store.levels if lvl not in store.manifest.statistics.levels]
+        if missing:
+            echo(f"{store.path}: computing per-level statistics for the heads (mfdata stats)")
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", StatisticsWarning)
+                stats = update_statistics(store.path)
+            for message in all_warnings(stats):
+                echo(f"  warning: {message}")
+        ensure_split(Store(store.path), config.data.split, config.seed, echo)
+    return [Store(path) for path in paths]
+
+
+def available_levels(stores: list[Store]) -> list[str]:
+    """Every level of the stores, in store order (the default head order)."""
+    seen: list[str] = []
+    for store in stores:
+        seen.extend(level for level in store.levels if level not in seen)
+    return seen
+
+
+# --------------------------------------------------------------------------- data
+
+
+def _datasets(config: TrainConfig, paths: list[str], levels: list[str], type_names: list[str]):
+    from mfdata.loader import FidelityDataset, frame_transforms
+
+    d = config.data
+    common = dict(
+        stores=paths,
+        levels=levels,
+        type_names=type_names,
+        selection=d.selection,
+        labels=tuple(d.labels),
+        dtype=config.trainer.precision,
+        transforms=frame_transforms(config.model.r_max, type_names),
+    )
+    out = {}
+    for stage, part, subset in (
+        ("train", d.train_part, d.subset),
+        ("val", d.val_part, None),
+    ):
+        try:
+            out[stage] = FidelityDataset(split=f"{d.split}:{part}", subset=subset, **common)
+        except StoreError as exc:
+            raise ConfigError(f"{stage} data ({d.split}:{part}): {exc}") from None
+    return out["train"], out["val"]
+
+
+def average_neighbours(dataset, limit: int = NEIGHBOUR_SAMPLES) -> float:
+    """Mean number of neighbours per atom within r_max, over up to ``limit`` training samples."""
+    from nequip.data import AtomicDataDict
+
+    n = len(dataset)
+    chosen = sorted({int(i) for i in (k * n // min(n, limit) for k in range(min(n, limit)))})
+    edges = atoms = 0
+    for i in chosen:
+        frame = dataset[i]
+        edges += int(frame[AtomicDataDict.EDGE_INDEX_KEY].shape[1])
+        atoms += int(frame[AtomicDataDict.POSITIONS_KEY].shape[0])
+    return max(edges / max(atoms, 1), 1.0)
+
+
+def _sha256(path: str) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+# --------------------------------------------------------------------------- nequip config
+
+
+def _scheduler(config: TrainConfig) -> dict | None:
+    s = config.lr_scheduler
+    if s is None:
+        return None
+    if s.kind == "plateau":
+        scheduler = {
+            "_target_": "torch.optim.lr_scheduler.ReduceLROnPlateau",
+            "factor": s.factor,
+            "patience": s.patience,
+            "min_lr": s.min_lr,
+        }
+        return {"scheduler": scheduler, "monitor": MONITOR, "interval": "epoch", "strict": False}
+    if s.kind == "cosine":
+        scheduler = {
+            "_target_": "torch.optim.lr_scheduler.CosineAnnealingLR",
+            "T_max": config.trainer.max_steps,
+            "eta_min": s.min_lr,
+        }
+        return {"scheduler": scheduler, "interval": "step", "frequency": 1}
+    scheduler = {"_target_": "torch.optim.lr_scheduler.ExponentialLR", "gamma": s.gamma}
+    return {"scheduler": scheduler, "interval": "epoch", "frequency": 1}
+
+
+def _trainer(config: TrainConfig, out: Path) -> dict:
+    t = config.trainer
+    accelerator = {"cpu": "cpu", "cuda": "gpu", "auto": "auto"}[t.device]
+    callbacks: list[dict] = [
+        {
+            "_target_": "lightning.pytorch.callbacks.ModelCheckpoint",
+            "dirpath": str(out),
+            "filename": "best",
+            "monitor": MONITOR,
+            "mode": "min",
+            "save_top_k": 1,
+            "enable_version_counter": False,
+            "auto_insert_metric_name": False,
+        },
+        {
+            "_target_": "lightning.pytorch.callbacks.ModelCheckpoint",
+            "dirpath": str(out),
+            "save_top_k": 0,
+            "save_last": True,
+            "every_n_train_steps": t.checkpoint_every_n_steps,
+            "enable_version_counter": False,
+        },
+        {"_target_": "mftrain.training_module.FinalCheckpoint", "dirpath": str(out)},
+        {"_target_": "lightning.pytorch.callbacks.LearningRateMonitor", "logging_interval": "step"},
+    ]
+    if t.early_stopping is not None:
+        callbacks.append(
+            {
+                "_target_": "lightning.pytorch.callbacks.EarlyStopping",
+                "monitor": MONITOR,
+                "mode": "min",
+                "patience": t.early_stopping.patience,
+                "min_delta": t.early_stopping.min_delta,
+            }
+        )
+    trainer = {
+        "_target_": "lightning.Trainer",
+        "max_steps": t.max_steps,
+        "max_epochs": t.max_epochs if t.max_epochs is not None else -1,
+        "accelerator": accelerator,
+        "devices": 1,
+        "log_every_n_steps": t.log_every_n_steps,
+        "enable_progress_bar": t.progress_bar,
+        "enable_model_summary": False,
+        "gradient_clip_val": t.gradient_clip_val,
+        "logger": {
+            "_target_": "lightning.pytorch.loggers.CSVLogger",
+            "save_dir": str(out),
+            "name": "logs",
+        },
+        "callbacks": callbacks,
+    }
+    if t.val_every_n_steps is not None:
+        trainer.update(check_val_every_n_epoch=None, val_check_interval=t.val_every_n_steps)
+    return trainer
+
+
+def build_nequip_config(
+    config: TrainConfig,
+    out: Path,
+    plan_: Plan,
+    type_names: list[str],
+    init: HeadInit,
+    avg_num_neighbors: float,
+    provenance: dict,
+) -> dict:
+    d, m, t = config.data, config.model, config.trainer
+    levels = plan_.levels
+    data = {
+        "_target_": "mfdata.loader.FidelityDataModule",
+        "seed": config.seed,
+        "stores": list(d.stores),
+        "levels": levels,
+        "type_names": type_names,
+        "r_max": m.r_max,
+        "split": d.split,
+        "train_part": d.train_part,
+        "val_part": d.val_part,
+        "test_part": d.test_part,
+        "subset": d.subset,
+        "selection": d.selection,
+        "labels": list(d.labels),
+        "dtype": t.precision,
+        "mixing": plan_.mixing.model_dump(mode="json", exclude_none=True),
+        "epoch_size": d.epoch_size,
+        "batch_size": d.batch_size,
+        "max_atoms": d.max_atoms,
+        "val_batch_size": d.val_batch_size,
+        "num_workers": d.num_workers,
+    }
+    model = {
+        "_target_": "mftrain.model.MultiHeadNequIPModel",
+        "seed": config.seed,
+        "model_dtype": t.precision,
+        "type_names": type_names,
+        "r_max": m.r_max,
+        "levels": levels,
+        "num_layers": m.num_layers,
+        "l_max": m.l_max,
+        "parity": m.parity,
+        "num_features": m.num_features,
+        "radial_mlp_depth": m.radial_mlp_depth,
+        "radial_mlp_width": m.radial_mlp_width,
+        "num_bessels": m.num_bessels,
+        "polynomial_cutoff_p": m.polynomial_cutoff_p,
+        "readout_mlp_hidden_layers_depth": m.readout_mlp_hidden_layers_depth,
+        "readout_mlp_hidden_layers_width": m.readout_mlp_hidden_layers_width,
+        "avg_num_neighbors": avg_num_neighbors,
+        "per_level_energy_shifts": init.shifts,
+        "per_level_energy_scales": init.scales,
+        "per_type_energy_shifts_trainable": m.shifts_trainable,
+        "per_type_energy_scales_trainable": m.scales_trainable,
+        **m.extra,
+    }
+    loss = {
+        "_target_": "mftrain.loss.MultiFidelityLoss",
+        "levels": levels,
+        "coeffs": config.loss.coeffs.model_dump(),
+        "level_coeffs": plan_.level_coeffs,
+        "per_atom_energy": config.loss.per_atom_energy,
+    }
+    module = "MultiFidelityLightningModule"
+    training_module: dict[str, Any] = {}
+    if t.ema is not None:
+        module = "EMAMultiFidelityLightningModule"
+        training_module["ema_decay"] = t.ema.decay
+    optimizer = {
+        "_target_": f"torch.optim.{config.optimizer.name}",
+        "lr": config.optimizer.lr,
+        "weight_decay": config.optimizer.weight_decay,
+    }
+    training_module = {
+        "_target_": f"mftrain.training_module.{module}",
+        **training_module,
+        "model": model,
+        "loss": loss,
+        "val_metrics": loss,
+        "test_metrics": loss,
+        "optimizer": optimizer,
+        "provenance": provenance,
+    }
+    scheduler = _scheduler(config)
+    if scheduler is not None:
+        training_module["lr_scheduler"] = scheduler
+    return {
+        "run": ["train"],
+        "seed": config.seed,
+        "data": data,
+        "trainer": _trainer(config, out),
+        "training_module": training_module,
+        "hydra": {
+            "run": {"dir": str(out)},
+            "output_subdir": ".hydra",
+            "job": {"chdir": False},
+        },
+    }
+
+
+def _check_model(model_config: dict) -> None:
+    """Build the model once, so that a bad model argument fails before training."""
+    from hydra.utils import get_method
+    from nequip.utils.global_state import set_global_state
+
+    cfg = dict(model_config)
+    builder = get_method(cfg.pop("_target_"))
+    set_global_state()
+    try:
+        builder(**cfg)
+    except (TypeError, ValueError, AssertionError, KeyError) as exc:
+        raise ConfigError(f"model: {exc}") from None
+
+
+# --------------------------------------------------------------------------- prepare and run
+
+
+def prepare(config: TrainConfig, echo: Echo = print) -> Prepared:
+    """Everything before training; raises ConfigError (or StoreError) on a bad config or store."""
+    import nequip
+    import torch
+
+    from mfdata.loader import default_type_names
+
+    out = Path(config.out or DEFAULT_OUT).resolve()
+    stores = prepare_stores(config, echo)
+    plan_ = plan(config, available_levels(stores))
+    levels = plan_.levels
+    type_names = default_type_names(stores)
+    paths = [str(s.path.resolve()) for s in stores]
+    selection = str(Path(config.data.selection).resolve()) if config.data.selection else None
+    resolved = config.model_copy(deep=True)
+    resolved.data.stores = paths
+    resolved.data.levels = levels
+    resolved.data.selection = selection
+    resolved.out = str(out)
+
+    train, val = _datasets(resolved, paths, levels, type_names)
+    sizes = {level: len(ids) for level, ids in train.pools.items()}
+    val_sizes = {level: len(ids) for level, ids in val.pools.items()}
+    try:
+        ratios = plan_.mixing.weights(sizes, 0)
+    except ValueError as exc:
+        raise ConfigError(f"data.mixing: {exc}") from None
+    untrained = [level for level, n in sizes.items() if n == 0 or ratios[level] == 0]
+    if untrained:
+        plan_.notes.append(f"heads without training samples: {', '.join(untrained)}")
+    avg = config.model.avg_num_neighbors or average_neighbours(train)
+    init = head_initialisation(stores, levels, type_names)
+    table = weight_table(levels, config.loss.coeffs.model_dump(), plan_.level_coeffs)
+    provenance = {
+        "mfkit_version": mfkit_version(),
+        "nequip_version": nequip.__version__,
+        "torch_version": str(torch.__version__),
+        "strategy": plan_.strategy,
+        "stores": [
+            {
+                "path": str(s.path.resolve()),
+                "name": s.manifest.name,
+                "checksum": s.manifest.checksum,
+                "n_structures": s.manifest.n_structures,
+                "levels": s.levels,
+            }
+            for s in stores
+        ],
+        "split": {
+            "name": config.data.split,
+            "parts": {
+                "train": config.data.train_part,
+                "val": config.data.val_part,
+                "test": config.data.test_part,
+            },
+            "subset": config.data.subset,
+            "per_store": [_split_info(s, config.data.split) for s in stores],
+        },
+        "selection": {"path": selection, "sha256": _sha256(selection)} if selection else None,
+        "levels": levels,
+        "type_names": type_names,
+        "reference_energies": init.shifts,
+        "reference_methods": init.methods,
+        "energy_scales": init.scales,
+        "head_notes": init.notes,
+        "mixing": {
+            "config": plan_.mixing.model_dump(mode="json", exclude_none=True),
+            "ratios_epoch0": ratios,
+            "train_samples": sizes,
+            "val_samples": val_sizes,
+        },
+        "loss": {"weights": table, "per_atom_energy": config.loss.per_atom_energy},
+        "avg_num_neighbors": avg,
+        "config": resolved.model_dump(mode="json"),
+    }
+    provenance = json.loads(json.dumps(provenance))  # plain types only, for YAML and checkpoints
+    nequip_config = build_nequip_config(resolved, out, plan_, type_names, init, avg, provenance)
+    _check_model(nequip_config["training_module"]["model"])
+    return Prepared(resolved, out, stores, plan_, type_names, init, nequip_config, provenance)
+
+
+def _split_info(store: Store, name: str) -> dict:
+    from mfdata.split import read_split
+
+    info, _, _ = read_split(store, name)
+    return info.model_dump(mode="json")
+
+
+def _fingerprint(nequip_config: dict) -> dict:
+    """What must match for a rerun to resume a run: the data and the training module."""
+    module = dict(nequip_config["training_module"])
+    module.pop("provenance", None)
+    return {"data": nequip_config["data"], "training_module": module}
+
+
+def _differences(old: dict, new: dict, prefix: str = "") -> list[str]:
+    if isinstance(old, dict) and isinstance(new, dict):
+        found = []
+        for key in sorted(set(old) | set(new), key=str):
+            found += _differences(old.get(key), new.get(key), f"{prefix}{key}.")
+        return found
+    return [] if old == new else [prefix.rstrip(".")]
+
+
+def write_run(prepared: Prepared) -> Path | None:
+    """Write the configs; returns the checkpoint to resume from, if the directory holds one."""
+    out = prepared.out
+    last = out / "last.ckpt"
+    resume = None
+    if last.exists():
+        previous = out / "config.yaml"
+        if not previous.is_file():
+            raise ConfigError(f"{out}: holds a last.ckpt but no config.yaml; choose another --out")
+        old = yaml.safe_load(previous.read_text(encoding="utf-8"))
+        diff = _differences(_fingerprint(old), _fingerprint(prepared.nequip))
+        if diff:
+            shown = ", ".join(diff[:4]) + (" ..." if len(diff) > 4 else "")
+            raise ConfigError(
+                f"{out}: holds a run with another configuration (differs in {shown}); choose "
+                f"another --out, or remove {out} to start over"
+            )
+        resume = last
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "mftrain.yaml").write_text(
+        yaml.safe_dump(prepared.config.model_dump(mode="json"), sort_keys=False), encoding="utf-8"
+    )
+    (out / "config.yaml").write_text(
+        yaml.safe_dump(prepared.nequip, sort_keys=False), encoding="utf-8"
+    )
+    (out / "provenance.json").write_text(
+        json.dumps(prepared.provenance, indent=2) + "\n", encoding="utf-8"
+    )
+    return resume
+
+
+def run_nequip(out: Path, resume: Path | None) -> None:
+    """``nequip-train -cp OUT -cn config [++ckpt_path=...]``, in this process."""
+    from nequip.scripts.train import main as nequip_train
+    from omegaconf import OmegaConf
+
+    if OmegaConf.has_resolver("training_data_stats"):  # registered by an earlier run
+        OmegaConf.clear_resolver("training_data_stats")
+    argv = ["nequip-train", "-cp", str(out.resolve()), "-cn", "config"]
+    if resume is not None:
+        argv.append(f"++ckpt_path='{resume.resolve()}'")
+    saved = sys.argv
+    sys.argv = argv
+    try:
+        nequip_train()
+    finally:
+        sys.argv = saved
+
+
+def checkpoint_summary(path: Path) -> dict:
+    """Step and best validation loss recorded in a checkpoint (ours: a trusted file)."""
+    import torch
+
+    ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    best = None
+    for key, state in ckpt.get("callbacks", {}).items():
+        if key.startswith("ModelCheckpoint") and MONITOR in key and state.get("best_model_score"):
+            best = float(state["best_model_score"])
+    return {"global_step": int(ckpt["global_step"]), "best_val_loss": best}
+
+
+def fit(config: TrainConfig, echo: Echo = print) -> Path:
+    """Prepare, write and run; returns the output directory."""
+    prepared = prepare(config, echo)
+    p = prepared.plan
+    mixing = prepared.provenance["mixing"]
+    echo(f"strategy {p.strategy}: {len(p.levels)} head(s) in order: {', '.join(p.levels)}")
+    echo(
+        "training samples per level: "
+        + ", ".join(
+            f"{lvl} {n} (ratio {mixing['ratios_epoch0'][lvl]:.3g})"
+            for lvl, n in mixing["train_samples"].items()
+        )
+    )
+    for note in prepared.init.notes + p.notes:
+        echo(f"note: {note}")
+    resume = write_run(prepared)
+    out = prepared.out
+    if resume is not None:
+        done = checkpoint_summary(resume)["global_step"]
+        echo(f"resuming from {resume} (step {done} of {prepared.config.trainer.max_steps})")
+    echo(f"configs written to {out} (mftrain.yaml, config.yaml, provenance.json); training ...")
+    run_nequip(out, resume)
+    summary = checkpoint_summary(out / "last.ckpt")
+    best = summary["best_val_loss"]
+    shown = "n/a" if best is None or math.isnan(best) else f"{best:.6g}"
+    echo(
+        f"done: step {summary['global_step']}, best validation loss {shown}; "
+        f"{out / 'best.ckpt'} and {out / 'last.ckpt'}"
+    )
+    return out

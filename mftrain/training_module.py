@@ -1,0 +1,109 @@
+"""Lightning training modules: nequip's, plus the masked loss's force-pass skip and provenance.
+
+``MultiFidelityLightningModule`` (and ``EMAMultiFidelityLightningModule``) are nequip
+``NequIPLightningModule`` subclasses, so ``nequip-train`` runs them with its checkpointing,
+restarts, callbacks, learning-rate schedules and EMA. On top they
+
+- skip the autograd force/stress pass for a training batch whose frames have no force or stress
+  label that the loss weighs (the loss of such a batch has no force term at all);
+- keep the run's provenance (``provenance``: stores and checksums, split, selection, head order,
+  type names, reference energies, mixing ratios, loss weights, versions) as a hyperparameter and
+  write it under the checkpoint's ``"mfkit"`` key.
+
+The ``loss`` should be a :class:`mftrain.loss.MultiFidelityLoss` (any nequip ``MetricsManager``
+works too, without the force-pass skip).
+"""
+
+from __future__ import annotations
+
+import shutil
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+from lightning.pytorch.callbacks import Callback
+from nequip.data import AtomicDataDict
+from nequip.train import EMALightningModule, NequIPLightningModule
+
+from mftrain.nn import set_derivatives
+
+CHECKPOINT_KEY = "mfkit"
+
+# FidelityDataModule restores its samplers' position from the checkpoint itself, so resuming
+# mid-epoch is exact; Lightning cannot see that (its DataLoader has no state_dict) and warns.
+warnings.filterwarnings(
+    "ignore", message="You're resuming from a checkpoint that ended before the epoch ended"
+)
+
+
+class _MultiFidelityMixin:
+    def __init__(self, *args, provenance: dict | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.provenance = dict(provenance or {})
+
+    def training_step(self, batch: AtomicDataDict.Type, batch_idx: int, dataloader_idx: int = 0):
+        target = self.process_target(batch, batch_idx, dataloader_idx)
+        needs = getattr(self.loss, "needs_derivatives", None)
+        skip = needs is not None and not needs(batch)
+        if skip:
+            previous = set_derivatives(self.model, False)
+        try:
+            output = self(batch)
+        finally:
+            if skip:
+                set_derivatives(self.model, previous)
+        if self.train_metrics is not None:
+            with torch.no_grad():
+                self.log_dict(self.train_metrics(output, target, prefix="train_metric_step/"))
+        loss_dict = self.loss(output, target, prefix="train_loss_step/")
+        self.log_dict(loss_dict)
+        # The loss is a per-rank mean; DDP averages gradients over ranks (no world-size factor).
+        return loss_dict["train_loss_step/weighted_sum"]
+
+    def on_train_epoch_start(self) -> None:
+        super().on_train_epoch_start()
+        # Lightning calls set_epoch only on `dataloader.sampler` and `batch_sampler.sampler`, not
+        # on a batch sampler itself: without this every epoch would replay epoch 0's order (and a
+        # mixing schedule would never advance). Not called when resuming mid-epoch, where the
+        # sampler's saved state (epoch and position) holds.
+        for loader in _loaders(self.trainer.train_dataloader):
+            batch_sampler = getattr(loader, "batch_sampler", None)
+            if callable(getattr(batch_sampler, "set_epoch", None)):
+                batch_sampler.set_epoch(self.current_epoch)
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_save_checkpoint(checkpoint)
+        checkpoint[CHECKPOINT_KEY] = self.provenance
+
+
+def _loaders(obj) -> list:
+    if isinstance(obj, dict):
+        return [x for v in obj.values() for x in _loaders(v)]
+    if isinstance(obj, (list, tuple)):
+        return [x for v in obj for x in _loaders(v)]
+    return [] if obj is None else [obj]
+
+
+class MultiFidelityLightningModule(_MultiFidelityMixin, NequIPLightningModule):
+    """nequip's training module with the masked multi-fidelity loss and mfkit provenance."""
+
+
+class EMAMultiFidelityLightningModule(_MultiFidelityMixin, EMALightningModule):
+    """The same with an exponential moving average of the weights (nequip's EMA module)."""
+
+
+class FinalCheckpoint(Callback):
+    """Write ``last.ckpt`` when training ends (the periodic one may be some steps behind), and
+    ``best.ckpt`` from it when no validation ran to make one."""
+
+    def __init__(self, dirpath: str):
+        super().__init__()
+        self.dirpath = Path(dirpath)
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        last = self.dirpath / "last.ckpt"
+        trainer.save_checkpoint(last)
+        best = self.dirpath / "best.ckpt"
+        if trainer.is_global_zero and not best.exists():
+            shutil.copyfile(last, best)
