@@ -350,7 +350,8 @@ class FidelityDataModule(NequIPDataModule):
     ``test_part``. Training batches mix levels as ``mixing`` says, ``batch_size`` structures or
     ``max_atoms`` atoms each; ``epoch_size`` is the number of samples per epoch (all ranks).
     ``reader="zarr"`` reads the Zarr groups instead of LMDB shards (stores may then be fsspec
-    URLs, opened with ``storage_options``), with chunk-aligned block shuffling.
+    URLs, opened with ``storage_options``), with chunk-aligned block shuffling. Loaders are
+    :class:`FidelityDataLoader`: with ``num_workers > 0`` workers send packed batches.
     """
 
     def __init__(

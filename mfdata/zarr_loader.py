@@ -21,6 +21,9 @@ worker, so every chunk is fetched and decompressed once per epoch and per reader
 a per-atom chunk holding a structure that straddles two blocks, which each of those two blocks
 fetches (at most twice; exactly once when per-atom chunk edges fall on block edges). Memory is
 bounded by the cache, whatever the store's size: see :meth:`ZarrFidelityDataset.cache_bytes`.
+
+Workers open their own fsspec filesystems and Zarr arrays. fsspec's ``memory://`` filesystem lives
+in the process: forked workers (Linux's default) see it, spawned ones do not.
 """
 
 from __future__ import annotations

@@ -30,12 +30,16 @@ def stores(tmp_path_factory, shared):
 
     root = tmp_path_factory.mktemp("loader")
     ani, acac = root / "ani", root / "acac"
-    run_cli("convert", shared / "modelforge_testdata" / "ani1_n5.hdf5", "--out", ani)
-    write(root / "acac.xyz", read(shared / "botnet_acac" / "train_300K.xyz", ":60"))
-    run_cli("convert", root / "acac.xyz", "--level", "pbe-d3-def2svp", "--out", acac)
-    for store in (ani, acac):
-        run_cli("pack", store, "--shards", "2")
-        run_cli("split", store, "--name", "default", "--fractions", "0.5,0.25,0.25", "--seed", "1")
+    with pytest.MonkeyPatch.context() as mp:  # store names in a registry of this module's own
+        mp.setenv("MFKIT_HOME", str(root / "home"))
+        run_cli("convert", shared / "modelforge_testdata" / "ani1_n5.hdf5", "--out", ani)
+        write(root / "acac.xyz", read(shared / "botnet_acac" / "train_300K.xyz", ":60"))
+        run_cli("convert", root / "acac.xyz", "--level", "pbe-d3-def2svp", "--out", acac)
+        for store in (ani, acac):
+            run_cli("pack", store, "--shards", "2")
+            run_cli(
+                "split", store, "--name", "default", "--fractions", "0.5,0.25,0.25", "--seed", "1"
+            )
     return [str(ani), str(acac)]
 
 
