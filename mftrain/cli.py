@@ -14,7 +14,7 @@ from mfdata.store.store import StoreError
 from mftrain.config import ConfigError
 
 app = typer.Typer(
-    help="Multi-head NequIP potentials over levels of theory: train (fit) and score (eval).",
+    help="Multi-head NequIP potentials over levels of theory: train (fit), score (eval), export.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
@@ -100,6 +100,21 @@ def evaluate(
     else:
         typer.echo(format_table(result.metrics))
     echo(f"parity plots: {', '.join(str(p) for p in written)}")
+
+
+@app.command()
+def export(
+    ckpt: Annotated[Path, typer.Argument(help="A checkpoint written by mftrain fit.")],
+    head: Annotated[str, typer.Option("--head", help="The level whose head to export.")],
+    out: Annotated[Path, typer.Option("--out", help="The package to write (*.nequip.zip).")],
+) -> None:
+    """One head as a standard nequip package (.nequip.zip) for nequip's ASE calculator
+    (NequIPCalculator._from_saved_model). Checkpoints and packages are pickles: trusted files
+    only."""
+    from mftrain.export import export_head
+
+    written = export_head(ckpt, head, out)
+    typer.echo(f"wrote {written}: head {head} of {ckpt}")
 
 
 @app.command()

@@ -13,13 +13,15 @@ started; :class:`HeadIndex` spreads it to the frame's atoms.
 from __future__ import annotations
 
 import torch
-from nequip.data import AtomicDataDict, register_fields
+from nequip.data import AtomicDataDict
+from nequip.data._key_registry import register_fields  # keeps nequip.data out of packages
 from nequip.nn import (
     GraphModuleMixin,
     PerTypeScaleShift,
     ScalarMLP,
     SequentialGraphNetwork,
 )
+from nequip.nn.model_modifier_utils import model_modifier
 
 HEAD_KEY = "mfkit_head"
 """Per-atom head index (int64, shape ``(num_atoms,)``), set by :class:`HeadIndex`."""
@@ -151,6 +153,32 @@ class MultiHeadEnergy(GraphModuleMixin, torch.nn.Module):
                 ]
             },
         )
+
+    @model_modifier(persistent=True)
+    @classmethod
+    def select_head(cls, model: torch.nn.Module, level: str) -> torch.nn.Module:
+        """Keep only the head of ``level``: the model becomes a one-head model of that level.
+
+        Every frame then goes through that head, with or without a ``dataset`` field (which is
+        ignored), so nequip's ASE calculator and ``nequip-package`` use it as a standard model.
+        """
+        level = str(level)
+        found = [m for m in model.modules() if isinstance(m, MultiHeadEnergy)]
+        if not found:
+            raise ValueError("select_head: not a multi-head mftrain model")
+        for module in found:
+            if level not in module.heads:
+                raise ValueError(
+                    f"select_head: no head {level!r}; the model's heads are "
+                    f"{', '.join(module.levels)}"
+                )
+        for module in found:
+            module.heads = torch.nn.ModuleDict({level: module.heads[level]})
+            module.levels = [level]
+        for module in model.modules():
+            if isinstance(module, HeadIndex):
+                module.num_heads = 1
+        return model
 
     def forward(self, data: AtomicDataDict.Type) -> AtomicDataDict.Type:
         head = data[HEAD_KEY].view(-1, 1)
