@@ -51,6 +51,13 @@ def composition_key(s: Structures) -> np.ndarray:
     return _splitmix(summed ^ s.n_atoms.astype(np.uint64) * _MIX[3])
 
 
+def formula_key(numbers: np.ndarray, n_atoms: np.ndarray) -> np.ndarray:
+    """A 64-bit hash of each structure's composition, independent of atom order (its formula)."""
+    starts = np.concatenate([[0], np.cumsum(n_atoms)[:-1]]).astype(np.int64)
+    atom_hash = _splitmix(numbers.astype(np.uint64) + _MIX[0])
+    return np.add.reduceat(atom_hash, starts) if len(numbers) else atom_hash
+
+
 def geometry_hash(s: Structures, tolerance: float = DEFAULT_GEOMETRY_TOLERANCE) -> np.ndarray:
     """A 64-bit hash of atomic numbers and positions rounded to ``tolerance`` (Å).
 

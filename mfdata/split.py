@@ -17,7 +17,7 @@ from __future__ import annotations
 import numpy as np
 import zarr
 
-from mfdata.linking import _splitmix
+from mfdata.linking import formula_key
 from mfdata.schema import SplitInfo
 from mfdata.store.store import Store, StoreError, atomic_directory, write_manifest
 
@@ -32,12 +32,7 @@ def split_units(store: Store, by: str) -> np.ndarray | None:
     if by == "group":
         return root["structures/group"][...].astype(np.int64)
     if by == "formula":
-        numbers = root["atoms/numbers"][...]
-        n_atoms = root["structures/n_atoms"][...]
-        starts = np.concatenate([[0], np.cumsum(n_atoms)[:-1]])
-        # An order-independent composition hash: equal exactly for equal formulas.
-        atom_hash = _splitmix(numbers.astype(np.uint64) + np.uint64(0x9E3779B97F4A7C15))
-        composition = np.add.reduceat(atom_hash, starts) if len(numbers) else atom_hash
+        composition = formula_key(root["atoms/numbers"][...], root["structures/n_atoms"][...])
         return np.unique(composition, return_inverse=True)[1].reshape(-1)
     raise ValueError(f"--by {by!r}: expected structure, group or formula")
 

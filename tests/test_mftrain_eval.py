@@ -17,30 +17,14 @@ from nequip.data.transforms import (
 
 from mfdata.store.store import Store
 from tests.conftest import run_cli
-from tests.test_mftrain_fit import run_mftrain, tiny_config
+from tests.test_mftrain_fit import run_mftrain, train_two_heads
 
 HEADS = ["wb97x-631gd", "ccsdt-star-cbs"]
 
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, shared):
-    """A two-head model (ωB97X, CCSD(T)*) trained for a few steps on the ANI-1x sample."""
-    root = tmp_path_factory.mktemp("mftrain_eval")
-    store = root / "ani"
-    run_cli(
-        "convert",
-        shared / "modelforge_testdata" / "ani1_n5.hdf5",
-        "--out",
-        store,
-        "--name",
-        "mftrain-eval-ani",
-    )
-    run_cli("split", store, "--name", "default", "--fractions", "0.5,0.25,0.25", "--seed", "1")
-    config = tiny_config(
-        root / "eval.yaml", [str(store)], data={"levels": HEADS}, trainer={"max_steps": 6}
-    )
-    run_mftrain("fit", config, "--out", root / "run")
-    return store, root / "run" / "last.ckpt"
+    return train_two_heads(tmp_path_factory.mktemp("mftrain_eval"), shared, "mftrain-eval-ani")
 
 
 def hand_metrics(ckpt, store, structures: np.ndarray) -> dict:

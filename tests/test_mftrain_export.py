@@ -12,8 +12,7 @@ from nequip.data.transforms import ChemicalSpeciesToAtomTypeMapper
 
 from mfdata.loader import frame_transforms
 from mfdata.store.store import Store
-from tests.conftest import run_cli
-from tests.test_mftrain_fit import run_mftrain, tiny_config
+from tests.test_mftrain_fit import run_mftrain, train_two_heads
 
 HEADS = ["wb97x-631gd", "ccsdt-star-cbs"]
 TYPES = ["H", "C", "N", "O"]
@@ -21,23 +20,7 @@ TYPES = ["H", "C", "N", "O"]
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, shared):
-    """A two-head model (ωB97X, CCSD(T)*) trained for a few steps on the ANI-1x sample."""
-    root = tmp_path_factory.mktemp("mftrain_export")
-    store = root / "ani"
-    run_cli(
-        "convert",
-        shared / "modelforge_testdata" / "ani1_n5.hdf5",
-        "--out",
-        store,
-        "--name",
-        "mftrain-export-ani",
-    )
-    run_cli("split", store, "--name", "default", "--fractions", "0.5,0.25,0.25", "--seed", "1")
-    config = tiny_config(
-        root / "export.yaml", [str(store)], data={"levels": HEADS}, trainer={"max_steps": 6}
-    )
-    run_mftrain("fit", config, "--out", root / "run")
-    return store, root / "run" / "last.ckpt"
+    return train_two_heads(tmp_path_factory.mktemp("mftrain_export"), shared, "mftrain-export-ani")
 
 
 def molecules(store) -> list[Atoms]:

@@ -104,6 +104,23 @@ def column(rows: list[dict], name: str) -> list[float]:
 
 
 @pytest.mark.slow
+def train_two_heads(root, shared, name: str):
+    """A two-head model (ωB97X, CCSD(T)*) trained for a few steps on the ANI-1x sample."""
+    store = root / "ani"
+    run_cli(
+        "convert", shared / "modelforge_testdata" / "ani1_n5.hdf5", "--out", store, "--name", name
+    )
+    run_cli("split", store, "--name", "default", "--fractions", "0.5,0.25,0.25", "--seed", "1")
+    config = tiny_config(
+        root / f"{name}.yaml",
+        [str(store)],
+        data={"levels": ["wb97x-631gd", "ccsdt-star-cbs"]},
+        trainer={"max_steps": 6},
+    )
+    run_mftrain("fit", config, "--out", root / "run")
+    return store, root / "run" / "last.ckpt"
+
+
 def test_multihead_training_lowers_the_loss(tmp_path, stores):
     """Three heads (ωB97X forces+energies, CCSD(T)* energies only, PBE+D3) trained jointly for
     300 steps on the CPU: training and validation losses fall, every head improves."""
