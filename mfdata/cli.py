@@ -12,6 +12,7 @@ import numpy as np
 import typer
 from ase.data import chemical_symbols
 
+from mfdata.calculators import CalculationError, MissingProgramError
 from mfdata.catalog import (
     convert_options,
     describe,
@@ -47,6 +48,8 @@ USER_ERRORS = (
     FileExistsError,
     FileNotFoundError,
     ValueError,
+    MissingProgramError,
+    CalculationError,
 )
 
 
@@ -463,11 +466,100 @@ def merge(
     if Path(out).exists():
         raise FileExistsError(f"{out}: already exists; choose another output path")
     check_name_free(name or Path(out).name, out)
-    sources = [store_as_source(open_store(s)) for s in stores]
+    opened = [open_store(s) for s in stores]
+    sources = [store_as_source(s) for s in opened]
     structures = link_sources(sources, "geometry", tolerance)
-    write_store(out, structures, sources, name=name, link_by="geometry", tolerance=tolerance)
+    write_store(
+        out,
+        structures,
+        sources,
+        name=name,
+        link_by="geometry",
+        tolerance=tolerance,
+        labelling=[run for s in opened for run in s.manifest.provenance.labelling],
+    )
     register(name or Path(out).name, out)
     typer.echo(_summary(Store(out).info()))
+
+
+@app.command()
+def label(
+    source: Annotated[str, typer.Argument(help="Structures: an ASE-readable file or a store.")],
+    level: Annotated[str, typer.Option(help="A level with a compute recipe (mfdata levels).")],
+    out: Annotated[Path, typer.Option(help="The store to create; must not exist.")],
+    labels: Annotated[
+        str | None, typer.Option(help="energy,forces (default: all the recipe computes).")
+    ] = None,
+    workers: Annotated[int, typer.Option(help="Processes, one thread each.")] = 1,
+    n: Annotated[
+        int | None, typer.Option("--n", help="Label a seeded subset of N structures.")
+    ] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the subset; same seed, nested subsets.")] = 0,
+    charge: Annotated[
+        int | None, typer.Option(help="Total charge of structures whose source states none.")
+    ] = None,
+    multiplicity: Annotated[
+        int | None, typer.Option(help="Spin multiplicity where the source states none.")
+    ] = None,
+    name: Annotated[str | None, typer.Option(help="Store name (default: directory name).")] = None,
+) -> None:
+    """Compute a level's energies/forces for every structure (tblite, PySCF); resumable:
+    rerun the same command after an interruption and only the missing structures are computed."""
+    from mfdata.label import plan_labelling, run_labelling
+
+    plan = plan_labelling(
+        source,
+        level,
+        out,
+        labels=[x.strip() for x in labels.split(",")] if labels else None,
+        n=n,
+        seed=seed,
+        charge=charge,
+        multiplicity=multiplicity,
+        name=name,
+    )
+    if plan.journal.exists():
+        typer.echo(f"resuming from {plan.journal}", err=True)
+    (run,) = run_labelling(plan, workers=workers).provenance.labelling
+    typer.echo(
+        f"{run.level}: {run.n_structures} structures, {run.seconds_per_structure:.3g} s each "
+        f"({run.recipe.program} {run.program_version})",
+        err=True,
+    )
+    typer.echo(_summary(Store(out).info()))
+
+
+@app.command()
+def sample(
+    molecule: Annotated[
+        str, typer.Argument(help="An ase.build.molecule name (CH3OH, H2O...) or a structure file.")
+    ],
+    n: Annotated[int, typer.Option("--n", help="Number of frames to write.")],
+    temperature: Annotated[float, typer.Option(help="Langevin temperature, K.")],
+    out: Annotated[Path, typer.Option(help="extxyz file to write; must not exist.")],
+    seed: Annotated[int, typer.Option(help="Seed of velocities and thermostat noise.")] = 0,
+    timestep: Annotated[float, typer.Option(help="MD time step, fs.")] = 0.5,
+    interval: Annotated[int, typer.Option(help="MD steps between written frames.")] = 100,
+    equilibration: Annotated[int, typer.Option(help="MD steps before the first frame.")] = 2000,
+    charge: Annotated[int | None, typer.Option(help="Total charge (files must state it).")] = None,
+    multiplicity: Annotated[int | None, typer.Option(help="Spin multiplicity.")] = None,
+) -> None:
+    """Geometries from GFN2-xTB Langevin dynamics (tblite, ASE), written as extxyz."""
+    from mfdata.sample import sample as run_sample
+
+    run_sample(
+        molecule,
+        n,
+        temperature,
+        out,
+        seed=seed,
+        timestep=timestep,
+        interval=interval,
+        equilibration=equilibration,
+        charge=charge,
+        multiplicity=multiplicity,
+    )
+    typer.echo(f"wrote {n} frames of {molecule} at {temperature} K to {out}")
 
 
 catalog_app = typer.Typer(

@@ -438,6 +438,7 @@ class FidelityDataModule(NequIPDataModule):
             shuffle=train,
             blocks=getattr(dataset, "sample_block", None),
             num_workers=self.num_workers,
+            **self._shard(),
         )
         if stage in self._sampler_state:
             sampler.load_state_dict(self._sampler_state.pop(stage))
@@ -448,6 +449,13 @@ class FidelityDataModule(NequIPDataModule):
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
         )
+
+    def _shard(self) -> dict[str, int]:
+        """This rank's place under a Lightning trainer (the ranks its DistributedSampler would
+        use); without one, the sampler asks torch.distributed."""
+        if self.trainer is None:
+            return {}
+        return {"rank": self.trainer.global_rank, "world_size": self.trainer.world_size}
 
     def train_dataloader(self) -> torch.utils.data.DataLoader:
         if not hasattr(self, "_train_dataloader"):

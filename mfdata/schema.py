@@ -23,6 +23,61 @@ class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+PYSCF_METHODS = ("hf", "dft", "mp2", "ccsd(t)")
+TBLITE_METHODS = ("GFN2-xTB", "GFN1-xTB", "IPEA1-xTB")
+
+
+class ComputeRecipe(_Model):
+    """How ``mfdata label`` computes a level itself: the program and every setting it is given.
+
+    Settings not named here are the program's defaults, fixed by the program version that the
+    labelled store's provenance records. A restricted reference is used for singlets and an
+    unrestricted one otherwise (PySCF's ``scf.HF``/``dft.KS`` choose by the spin).
+    """
+
+    program: Literal["tblite", "pyscf"]
+    method: str = Field(
+        description=f"tblite: {', '.join(TBLITE_METHODS)}; pyscf: {', '.join(PYSCF_METHODS)}."
+    )
+    xc: str | None = Field(None, description="pyscf dft: the libxc functional, e.g. 'wb97x'.")
+    basis: str | None = Field(None, description="pyscf: the basis set name PySCF knows.")
+    cartesian: bool = Field(
+        False, description="pyscf: Cartesian d/f functions (6D), as Gaussian uses for 6-31G(d)."
+    )
+    frozen_core: bool = Field(
+        False, description="pyscf mp2/ccsd(t): freeze the core orbitals (pyscf chemcore)."
+    )
+    grid_level: int | None = Field(None, ge=0, le=9, description="pyscf dft: grids.level.")
+    conv_tol: float | None = Field(
+        None, gt=0, description="pyscf: SCF energy convergence, Hartree (default 1e-9)."
+    )
+    accuracy: float | None = Field(None, gt=0, description="tblite: accuracy (default 1.0).")
+    labels: list[Literal["energy", "forces"]] = Field(
+        min_length=1, description="Labels this recipe computes (forces: analytic gradients)."
+    )
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ComputeRecipe:
+        pyscf_only = ("xc", "basis", "grid_level", "conv_tol")
+        if self.program == "tblite":
+            if self.method not in TBLITE_METHODS:
+                raise ValueError(f"tblite method {self.method!r}; known: {TBLITE_METHODS}")
+            if any(getattr(self, f) is not None for f in pyscf_only) or self.frozen_core:
+                raise ValueError(f"tblite takes none of {pyscf_only}, frozen_core")
+            return self
+        if self.method not in PYSCF_METHODS:
+            raise ValueError(f"pyscf method {self.method!r}; known: {PYSCF_METHODS}")
+        if self.basis is None:
+            raise ValueError("pyscf needs a basis")
+        if (self.xc is None) != (self.method != "dft"):
+            raise ValueError("pyscf: xc is required for dft and only for dft")
+        if self.accuracy is not None:
+            raise ValueError("accuracy is a tblite setting")
+        if self.method == "ccsd(t)" and "forces" in self.labels:
+            raise ValueError("pyscf has no analytic CCSD(T) gradient: energy only")
+        return self
+
+
 class LevelOfTheory(_Model):
     """Method + basis + corrections (+ program): the level of theory that produced a label."""
 
@@ -35,6 +90,9 @@ class LevelOfTheory(_Model):
     family: Literal["wavefunction", "dft", "semiempirical", "empirical", "composite"]
     aliases: list[str] = Field(default_factory=list, description="Names source files use.")
     notes: str | None = None
+    compute: ComputeRecipe | None = Field(
+        None, description="How mfdata label computes this level; absent: mfkit cannot."
+    )
 
 
 class LabelKind(_Model):
@@ -96,12 +154,31 @@ class InputFile(_Model):
     reader: str
 
 
+class LabellingRun(_Model):
+    """One ``mfdata label`` run: which labels at which level, computed how and by what program."""
+
+    level: str = Field(pattern=LEVEL_ID_PATTERN)
+    labels: list[str]
+    recipe: ComputeRecipe
+    program_version: str = Field(description="Version of the program (tblite or pyscf).")
+    n_structures: int = Field(ge=0)
+    subset: tuple[int, int] | None = Field(
+        None, description="(n, seed): a prefix of one seeded permutation of the source."
+    )
+    charge: int | None = Field(None, description="--charge given by the user, if any.")
+    multiplicity: int | None = Field(None, description="--multiplicity given, if any.")
+    seconds_per_structure: float = Field(ge=0, description="Mean wall time of one calculation.")
+
+
 class Provenance(_Model):
     mfkit_version: str
     created: str = Field(description="UTC time of writing, ISO 8601.")
     inputs: list[InputFile]
     link_by: str | None = Field(None, description="'id:KEY' or 'geometry', when sources merged.")
     geometry_tolerance: float = Field(description="Å; the structure hash rounds to this.")
+    labelling: list[LabellingRun] = Field(
+        default_factory=list, description="mfdata label runs that computed the labels, if any."
+    )
 
 
 class LmdbInfo(_Model):

@@ -105,16 +105,24 @@ def make_split(
         sizes={p: int(c) for p, c in zip(parts, counts, strict=True)},
         subsets=sorted(int(k) for k in subsets),
     )
+    save_split(store, info, part, subset_order)
+    return info
+
+
+def save_split(store: Store, info: SplitInfo, part: np.ndarray, subset_order: np.ndarray) -> None:
+    """Write a split (part index per structure, training-subset order) and list it in the
+    manifest; for splits made by other rules than :func:`make_split`."""
+    if info.name in store.manifest.splits:
+        raise StoreError(f"{store.path}: a split named {info.name!r} exists already")
     (store.path / "splits").mkdir(exist_ok=True)
-    with atomic_directory(store.path / "splits" / name) as tmp:
+    with atomic_directory(store.path / "splits" / info.name) as tmp:
         group = zarr.open_group(str(tmp), mode="w", zarr_format=3)
-        group.create_array("part", data=part)
+        group.create_array("part", data=part.astype(np.int8))
         group.create_array("subset_order", data=subset_order.astype(np.int64))
         group.attrs["split"] = info.model_dump()
-    manifest = store.manifest.model_copy(update={"splits": [*store.manifest.splits, name]})
+    manifest = store.manifest.model_copy(update={"splits": [*store.manifest.splits, info.name]})
     write_manifest(store.path, manifest)
     store.manifest = manifest
-    return info
 
 
 def read_split(store: Store, name: str) -> tuple[SplitInfo, np.ndarray, np.ndarray]:

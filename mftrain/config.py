@@ -14,7 +14,15 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    ValidationError,
+    model_validator,
+)
 
 from mfdata.sampler import LevelMixing
 
@@ -168,7 +176,26 @@ class TrainerConfig(_Model):
 
     max_steps: int = Field(1000, ge=1)
     max_epochs: int | None = Field(None, ge=1)
+    max_time_minutes: float | None = Field(
+        None,
+        gt=0,
+        description="Wall-clock training budget (Lightning's max_time, checked after every "
+        "step); training ends at whichever of max_steps, max_epochs and this comes first.",
+    )
     device: Literal["cpu", "cuda", "auto"] = "cpu"
+    devices: int = Field(
+        1,
+        ge=1,
+        description="Training processes per node: one per GPU (on the CPU, processes). More "
+        "than one process in all trains with DDP (docs/distributed.md); batch_size and "
+        "max_atoms are per process.",
+    )
+    num_nodes: int = Field(
+        1,
+        ge=1,
+        description="Nodes (machines); more than one needs a launcher that starts devices "
+        "processes on every node (srun or torchrun).",
+    )
     precision: Literal["float32", "float64"] = Field(
         "float64", description="Model and data floating-point dtype."
     )
@@ -193,13 +220,129 @@ class TrainerConfig(_Model):
         return self
 
 
+class DeltaConfig(_Model):
+    """Strategy ``delta``: heads that predict their level's difference from a base level."""
+
+    bases: dict[str, str] = Field(
+        min_length=1,
+        description="Delta level -> base level (ids or aliases; both heads): the delta head "
+        "predicts E_level - E_base, and its level's energy is base + delta.",
+    )
+    detach_base: bool = Field(
+        True,
+        description="The delta levels' frames send no gradient into the base heads' own "
+        "readout and scale/shift (the backbone learns from every frame either way).",
+    )
+
+
+class FidelityEmbeddingConfig(_Model):
+    """Strategy ``fidelity_embedding``: one shared readout; the level is a backbone input."""
+
+    num_features: int = Field(
+        8, ge=1, description="Size of the level embedding beside the type embedding."
+    )
+
+
+class UnfreezeLast(_Model):
+    unfreeze_last: int = Field(
+        ge=1,
+        description="Train the last k interaction layers and the heads; the type embedding and "
+        "the earlier layers stay as pre-trained.",
+    )
+
+
+def _backbone_kind(value: Any) -> str:
+    return "partial" if isinstance(value, (dict, UnfreezeLast)) else "mode"
+
+
+# `full`, `frozen` or {unfreeze_last: k}; the tags name the two forms in error messages
+Backbone = Annotated[
+    Annotated[Literal["full", "frozen"], Tag("mode")] | Annotated[UnfreezeLast, Tag("partial")],
+    Discriminator(_backbone_kind),
+]
+FINETUNE_STRATEGIES = ("pretrain_finetune", "multihead_finetune")
+
+
+class FinetuneConfig(_Model):
+    """Strategies ``pretrain_finetune`` and ``multihead_finetune``: stage 1 pre-trains (an ordinary
+    ``single`` or ``multihead`` run), stage 2 fine-tunes a model started from stage 1's
+    ``best.ckpt`` (or from ``from_checkpoint``, skipping stage 1). Unset stage-2 options take the
+    values of the ``optimizer``, ``trainer`` and ``lr_scheduler`` sections."""
+
+    level: str = Field(description="The fine-tuning level (id or alias).")
+    pretrain: list[str] | None = Field(
+        None,
+        min_length=1,
+        description="Pre-training level(s), i.e. stage 1's heads. pretrain_finetune: one level "
+        "(default: the stores' one level besides `level`); multihead_finetune: the heads "
+        "(default: every level of the stores). With from_checkpoint: the checkpoint's head(s) to "
+        "start from (default: all of them).",
+    )
+    from_checkpoint: str | None = Field(
+        None, description="An mftrain checkpoint to fine-tune (no stage 1)."
+    )
+    backbone: Backbone = Field(
+        "full",
+        description="full: train everything; frozen: only the heads; {unfreeze_last: k}: the "
+        "last k interaction layers and the heads.",
+    )
+    layer_lr_decay: float | None = Field(
+        None,
+        gt=0,
+        le=1,
+        description="Discriminative learning rates: lr x decay^d, d the distance from the output "
+        "(heads 0, last interaction layer 1, ..., type embedding num_layers + 1).",
+    )
+    head: Literal["keep", "reinit"] = Field(
+        "keep",
+        description="keep: the fine-tuned head starts from the pre-trained readout (pretrain_"
+        "finetune: of the pre-training level); reinit: a fresh readout. A head's per-type energy "
+        "shift and scale come from its level's statistics when its level changes.",
+    )
+    energy_only: bool = Field(
+        False, description="Fine-tune on energies only (force and stress weights 0 at `level`)."
+    )
+    replay: float | None = Field(
+        None,
+        ge=0,
+        lt=1,
+        description="multihead_finetune: share of stage-2 samples from the other heads' levels "
+        "(split equally between them; default 0.2); `level` gets the rest.",
+    )
+    max_steps: int | None = Field(None, ge=1, description="Stage-2 steps (trainer.max_steps).")
+    lr: float | None = Field(None, gt=0, description="Stage-2 learning rate (optimizer.lr).")
+    lr_scheduler: Schedule | None = Field(
+        None, description="Stage-2 schedule (default: the lr_scheduler section)."
+    )
+
+    @model_validator(mode="after")
+    def _compatible(self) -> FinetuneConfig:
+        if self.backbone == "frozen" and self.layer_lr_decay is not None:
+            raise ValueError(
+                "layer_lr_decay needs trainable layers: a frozen backbone trains only the heads"
+            )
+        return self
+
+
 class TrainConfig(_Model):
     """``mftrain fit`` configuration (YAML)."""
 
     seed: int = 0
-    strategy: Literal["single", "multihead"] = Field(
+    strategy: Literal[
+        "single",
         "multihead",
-        description="single: one level, one head; multihead: one head per level, all jointly.",
+        "pretrain_finetune",
+        "multihead_finetune",
+        "fidelity_embedding",
+        "delta",
+    ] = Field(
+        "multihead",
+        description="single: one level, one head; multihead: one head per level, all jointly; "
+        "pretrain_finetune: a single run on a pre-training level, then fine-tuning on "
+        "`finetune.level`; multihead_finetune: a multihead run, then fine-tuning of the head of "
+        "`finetune.level` with replay of the other levels; "
+        "fidelity_embedding: one shared readout, the level as a backbone input; "
+        "delta: multihead where the heads in `delta.bases` predict a difference from a base.",
     )
     data: DataConfig = Field(default_factory=DataConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
@@ -207,7 +350,41 @@ class TrainConfig(_Model):
     optimizer: OptimizerConfig = Field(default_factory=OptimizerConfig)
     lr_scheduler: Schedule | None = None
     trainer: TrainerConfig = Field(default_factory=TrainerConfig)
+    delta: DeltaConfig | None = Field(None, description="Strategy delta's base levels.")
+    fidelity_embedding: FidelityEmbeddingConfig | None = Field(
+        None, description="Strategy fidelity_embedding's options (defaults without it)."
+    )
+    finetune: FinetuneConfig | None = Field(
+        None, description="Strategies pretrain_finetune and multihead_finetune: stage 2."
+    )
     out: str | None = Field(None, description="Output directory (--out).")
+
+    @model_validator(mode="after")
+    def _strategy_sections(self) -> TrainConfig:
+        if self.strategy == "delta" and self.delta is None:
+            raise ValueError("strategy delta needs a `delta` section with `bases` (level: base)")
+        for name in ("delta", "fidelity_embedding"):
+            if getattr(self, name) is not None and self.strategy != name:
+                raise ValueError(f"a `{name}` section is for strategy {name}, not {self.strategy}")
+        if self.strategy in FINETUNE_STRATEGIES:
+            if self.finetune is None:
+                raise ValueError(
+                    f"strategy {self.strategy} needs a `finetune` section with `level` (the "
+                    "fine-tuning level)"
+                )
+            if self.data.levels is not None:
+                raise ValueError(
+                    f"data.levels: strategy {self.strategy} takes its levels from "
+                    "finetune.pretrain and finetune.level"
+                )
+            if self.strategy == "pretrain_finetune" and self.finetune.replay is not None:
+                raise ValueError("finetune.replay is for strategy multihead_finetune")
+        elif self.finetune is not None:
+            raise ValueError(
+                f"a `finetune` section is for strategies {', '.join(FINETUNE_STRATEGIES)}, "
+                f"not {self.strategy}"
+            )
+        return self
 
 
 def _location(loc: tuple) -> str:

@@ -4,7 +4,8 @@ For every head (level) with samples in the store: ``n`` samples; energy MAE and 
 (eV/atom) and per structure (eV) over the ``n_energy`` structures with an energy; force MAE and
 RMSE (eV/Å, over Cartesian components) over the ``n_forces`` structures with forces
 (``n_force_components`` components); and a parity plot (PNG) of energies per atom and force
-components. Each sample is predicted by the head of its level.
+components. Each sample is predicted by the head of its level: for a delta head, the composed
+prediction (base + Δ), for a fidelity-embedding model the shared readout told that level.
 
 Checkpoints are pickle-based nequip/Lightning files: load only trusted ones.
 """
@@ -33,7 +34,8 @@ class EvalResult:
 
 
 def checkpoint_info(path: str | Path) -> dict:
-    """Head order, type names, cutoff and dtype of an mftrain checkpoint (a trusted file)."""
+    """Head order (and delta bases), type names, cutoff and dtype of an mftrain checkpoint (a
+    trusted file)."""
     import torch
 
     path = Path(path)
@@ -46,6 +48,7 @@ def checkpoint_info(path: str | Path) -> dict:
         raise StoreError(f"{path}: not a checkpoint of an mftrain model (no head levels)")
     return {
         "levels": list(model["levels"]),
+        "bases": dict(model.get("bases") or {}),
         "type_names": list(model["type_names"]),
         "r_max": float(model["r_max"]),
         "model_dtype": model.get("model_dtype", "float64"),

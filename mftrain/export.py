@@ -2,8 +2,9 @@
 
 The file is a nequip ``.nequip.zip`` package, written as ``nequip-package build`` writes one (same
 layout, metadata and bundled code), of the checkpoint's model with the persistent model modifier
-``select_head`` applied: a one-head model of that level, which every frame goes through with or
-without a ``dataset`` field. nequip's ASE calculator loads it
+``select_head`` applied: a model of that level only, which every frame goes through with or
+without a ``dataset`` field (a delta head keeps its base heads and gives base + Δ; a
+fidelity-embedding model is fixed to that level's embedding). nequip's ASE calculator loads it
 (``NequIPCalculator._from_saved_model(path)``); nequip's LAMMPS pair style should too (untested).
 Only the eager model is packaged (no AOTInductor compile); ``nequip-compile`` can take the package.
 
@@ -45,18 +46,41 @@ def example_frame(type_names: list[str], r_max: float):
     return data
 
 
+def describe_heads(info: dict) -> str:
+    """The checkpoint's heads in order, a delta head with its base: ``a, b (a + Δ)``."""
+    bases = info.get("bases", {})
+    return ", ".join(
+        f"{level} ({bases[level]} + Δ)" if level in bases else level for level in info["levels"]
+    )
+
+
+def head_level(ckpt: str | Path, info: dict, head: str) -> str:
+    """The level id of head ``head`` (an id or an alias); ValueError naming the heads if none."""
+    from mfdata.levels import UnknownLevelError, resolve_level
+
+    if head in info["levels"]:
+        return head
+    try:
+        level = resolve_level(head).id
+    except UnknownLevelError:
+        level = None
+    if level not in info["levels"]:
+        raise ValueError(
+            f"{ckpt}: no head {head!r}; the checkpoint's heads are {describe_heads(info)}"
+        )
+    return level
+
+
 def export_head(ckpt: str | Path, level: str, out: str | Path) -> Path:
     """Write head ``level`` of checkpoint ``ckpt`` as a nequip package at ``out``.
 
-    Raises FileNotFoundError (no checkpoint), FileExistsError (``out`` exists), ValueError (a
-    level the checkpoint has no head for, or ``out`` not ending in ``.nequip.zip``).
+    ``level`` is a level id or alias. Raises FileNotFoundError (no checkpoint), FileExistsError
+    (``out`` exists), ValueError (a level the checkpoint has no head for, or ``out`` not ending in
+    ``.nequip.zip``).
     """
     ckpt, out = Path(ckpt), Path(out)
     info = checkpoint_info(ckpt)
-    if level not in info["levels"]:
-        raise ValueError(
-            f"{ckpt}: no head {level!r}; the checkpoint's heads are {', '.join(info['levels'])}"
-        )
+    level = head_level(ckpt, info, level)
     if not out.name.endswith(SUFFIX):
         raise ValueError(f"{out}: a nequip package file name must end in {SUFFIX}")
     if out.exists():

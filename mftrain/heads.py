@@ -9,6 +9,9 @@ is ``L``'s force RMS. What the data cannot give is filled and said so:
   the mean reference of that element over the other levels, else 0;
 - a level without forces (energies only, e.g. CCSD(T)) takes the RMS of the other levels' force
   RMS, else 1.
+
+A delta head (strategy ``delta``) learns a level difference, so it starts from the difference's
+statistics instead (:func:`delta_initialisation`).
 """
 
 from __future__ import annotations
@@ -91,4 +94,64 @@ def head_initialisation(
             )
         else:
             scales[level] = rms[level]
+    return HeadInit(shifts, scales, methods, notes)
+
+
+def delta_initialisation(
+    stores: Sequence[Store], init: HeadInit, bases: dict[str, str]
+) -> HeadInit:
+    """``init`` with each delta head's shift and scale those of ``E_level - E_base``.
+
+    The shift of element ``X`` is the per-element offset of the two levels' alignment
+    (``mfdata stats``: a fit of the energy difference on composition, over the structures labelled
+    at both), averaged over stores by shared structures; an element without one takes the
+    difference of the two levels' reference energies. The scale is the alignment's per-atom
+    residual RMS (what the offsets leave); where no residual is determined (no shared structures,
+    or no more than fitted offsets) it stays the level's own scale. Notes say what was filled.
+    """
+    shifts = {level: dict(row) for level, row in init.shifts.items()}
+    scales = dict(init.scales)
+    methods = {level: list(found) for level, found in init.methods.items()}
+    # the delta heads do not start from their own level's statistics: drop what was said of those
+    notes = [n for n in init.notes if not any(n.startswith(f"{level}: ") for level in bases)]
+    for level, base in bases.items():
+        totals: dict[str, list[float]] = {}
+        n_residual, sq_residual = 0, 0.0
+        for store in stores:
+            for a in store.manifest.statistics.alignments:
+                if {a.from_level, a.to_level} != {level, base}:
+                    continue
+                sign = 1.0 if a.to_level == level else -1.0
+                for symbol, offset in a.offsets.items():
+                    totals.setdefault(symbol, [0.0, 0.0])
+                    totals[symbol][0] += a.n_shared * sign * offset
+                    totals[symbol][1] += a.n_shared
+                if a.n_shared > a.rank:
+                    n_residual += a.n_shared
+                    sq_residual += a.n_shared * a.residual_rms_per_atom**2
+        row, filled = {}, []
+        for symbol in shifts[level]:
+            if symbol in totals and totals[symbol][1] > 0:
+                row[symbol] = totals[symbol][0] / totals[symbol][1]
+            else:
+                row[symbol] = init.shifts[level][symbol] - init.shifts[base][symbol]
+                filled.append(symbol)
+        shifts[level] = row
+        method = f"delta from {base}: alignment offsets"
+        if filled:
+            notes.append(
+                f"{level} (delta from {base}): no alignment offset for {' '.join(filled)} "
+                f"(no structure labelled at both with it); used the difference of the two "
+                "levels' reference energies"
+            )
+            method += " (reference differences for " + " ".join(filled) + ")"
+        residual = math.sqrt(sq_residual / n_residual) if n_residual else 0.0
+        if residual > 0:
+            scales[level] = residual
+        else:
+            notes.append(
+                f"{level} (delta from {base}): no residual of the level alignment to scale the "
+                f"difference by; kept the level's own energy scale ({scales[level]:.4g})"
+            )
+        methods[level] = [method]
     return HeadInit(shifts, scales, methods, notes)

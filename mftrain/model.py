@@ -3,7 +3,8 @@
 Use from a nequip config with ``_target_: mftrain.model.MultiHeadNequIPModel``. The builder is
 decorated with nequip's ``model_builder``, so ``seed``, ``model_dtype`` and ``type_names`` work as
 for nequip's own models, and the result is a ``GraphModel``. A one-level model is the same builder
-with one head.
+with one head; delta heads (``bases``) and a fidelity embedding (``level_embedding_features``)
+are options of it (see :mod:`mftrain.nn`).
 """
 
 from __future__ import annotations
@@ -45,6 +46,9 @@ def MultiHeadNequIPModel(
     readout_mlp_hidden_layers_width: int | None = None,
     readout_mlp_nonlinearity: str | None = "silu",
     do_derivatives: bool = True,
+    bases: Mapping[str, str] | None = None,
+    detach_base: bool = True,
+    level_embedding_features: int | None = None,
     **kwargs,
 ) -> GraphModel:
     """NequIP GNN backbone (as ``nequip.model.NequIPGNNModel``) with one energy head per level.
@@ -58,6 +62,14 @@ def MultiHeadNequIPModel(
         per_type_energy_shifts_trainable, per_type_energy_scales_trainable: as in nequip
         readout_mlp_*: each head's readout MLP, as nequip's ``per_atom_energy_readout``
         do_derivatives: forces and stress by autograd (nequip's ``ForceStressOutput``)
+        bases: delta level -> base level: that head predicts its level's energy minus the base
+            level's, and its output is base + Δ (its shifts and scales are the difference's)
+        detach_base: the delta levels' frames train the base heads' own parameters or not
+            (default not; the backbone learns from every frame either way)
+        level_embedding_features: a fidelity-embedding model: the frame's level (``dataset``)
+            embedded with this many features beside the type embedding (nequip's
+            ``categorical_graph_field_embed``), one readout shared by every level, and only the
+            per-type shifts and scales per level
         **kwargs: every other ``NequIPGNNModel`` argument (``seed``, ``model_dtype``,
             ``type_names``, ``r_max``, ``num_layers``, ``l_max``, ``num_features``,
             ``avg_num_neighbors``, ...)
@@ -74,6 +86,23 @@ def MultiHeadNequIPModel(
         if kwargs.get(key) is not None:
             raise ValueError(f"{key}: a multi-head model sets these per level (per_level_*)")
         kwargs.pop(key, None)
+    if kwargs.get("categorical_graph_field_embed") is not None:
+        raise ValueError(
+            "categorical_graph_field_embed: set level_embedding_features for a level embedding"
+        )
+    if level_embedding_features is not None:
+        if level_embedding_features < 1:
+            raise ValueError(f"level_embedding_features {level_embedding_features}: must be >= 1")
+        if bases:
+            raise ValueError("bases: delta heads need their own readouts, not a fidelity embedding")
+        kwargs["categorical_graph_field_embed"] = [
+            {
+                "field": AtomicDataDict.DATASET_KEY,
+                "num_features": int(level_embedding_features),
+                "min": 0,
+                "max": len(levels) - 1,
+            }
+        ]
     shifts = _per_level("per_level_energy_shifts", per_level_energy_shifts, levels, 0.0)
     scales = _per_level("per_level_energy_scales", per_level_energy_scales, levels, 1.0)
     type_names = list(kwargs["type_names"])
@@ -105,6 +134,9 @@ def MultiHeadNequIPModel(
         readout_hidden_layers_depth=readout_mlp_hidden_layers_depth,
         readout_hidden_layers_width=readout_mlp_hidden_layers_width or features.dim,
         readout_nonlinearity=readout_mlp_nonlinearity,
+        bases=dict(bases or {}),
+        detach_base=detach_base,
+        shared_readout=level_embedding_features is not None,
         irreps_in=last.irreps_out,
     )
     total = AtomwiseReduce(

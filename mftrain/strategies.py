@@ -7,19 +7,26 @@ are mixed, and the loss weights per level. ``mftrain.train`` builds the nequip r
 - ``single``: one level, one head (a plain NequIP potential with mfkit's data and provenance).
 - ``multihead``: one head per level, all trained jointly on every level's labels; the sampler
   mixes the levels as ``data.mixing`` says (natural, explicit, balanced, temperature, schedule).
+- ``delta``: multihead, where each level in ``delta.bases`` is its base level's head plus a head
+  of its own for the difference (``E = E_base + Δ``); trained jointly, the base on its own level.
+- ``fidelity_embedding``: one readout shared by every level, the level given to the backbone as
+  an embedded input (nequip's ``categorical_graph_field_embed``); per-level shifts and scales.
 
-The fine-tuning strategies (pre-train then fine-tune, frozen or partial backbones) register here
-too: a strategy may also name a starting checkpoint and parameter groups, through the ``Plan``.
+- ``pretrain_finetune`` and ``multihead_finetune`` run in two stages (``mftrain.finetune``): an
+  ordinary ``single`` or ``multihead`` run pre-trains, and their plan here is the fine-tuning
+  run's: its heads, replay mixing and loss weights, and the model it starts from (a model builder
+  that loads the pre-trained checkpoint, fixed type names, optimizer parameter groups).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
-from mfdata.levels import resolve_level
+from mfdata.levels import UnknownLevelError, resolve_level
 from mfdata.sampler import LevelMixing
-from mftrain.config import ConfigError, TrainConfig
+from mftrain.config import ConfigError, FidelityEmbeddingConfig, TrainConfig
 
 
 @dataclass
@@ -31,6 +38,15 @@ class Plan:
     mixing: LevelMixing
     level_coeffs: dict[str, dict[str, float]] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    bases: dict[str, str] = field(default_factory=dict)  # delta level -> base level (ids)
+    model_args: dict[str, Any] = field(default_factory=dict)  # more MultiHeadNequIPModel args
+    # a run that starts from a trained model (fine-tuning): its builder (which takes the
+    # MultiHeadNequIPModel arguments and more), its type names (not the stores' elements), the
+    # optimizer's parameter groups (a nequip `param_groups` factory) and provenance to add
+    model_target: str = "mftrain.model.MultiHeadNequIPModel"
+    type_names: list[str] | None = None
+    param_groups: dict[str, Any] | None = None
+    provenance: dict[str, Any] = field(default_factory=dict)
 
 
 def _requested_levels(config: TrainConfig, available: list[str]) -> list[str]:
@@ -90,9 +106,76 @@ def multihead(config: TrainConfig, available: list[str]) -> Plan:
     return Plan("multihead", levels, _mixing(config, levels), _level_coeffs(config, levels))
 
 
+def _delta_bases(config: TrainConfig, levels: list[str], available: list[str]) -> dict[str, str]:
+    """``delta.bases`` as level ids, checked: both ends heads with data, no self-reference, no
+    cycle."""
+    from mftrain.nn import delta_order  # torch and nequip: imported when needed
+
+    bases = {}
+    for name, base_name in config.delta.bases.items():
+        try:
+            level, base = resolve_level(name).id, resolve_level(base_name).id
+        except UnknownLevelError as exc:
+            raise ConfigError(f"delta.bases.{name}: {exc}") from None
+        if level == base:
+            raise ConfigError(f"delta.bases.{name}: the delta head {level} refers to itself")
+        for role, found in (("delta level", level), ("base level", base)):
+            if found not in levels:
+                where = (
+                    f"the stores have no {found} data (they have {', '.join(available)})"
+                    if found not in available
+                    else f"it is not one of the heads (data.levels: {', '.join(levels)})"
+                )
+                raise ConfigError(f"delta.bases.{name}: {role} {found}: {where}")
+        if level in bases:
+            raise ConfigError(f"delta.bases: {level} is given two bases")
+        bases[level] = base
+    try:
+        delta_order(levels, bases)
+    except ValueError as exc:
+        raise ConfigError(f"delta.bases: {exc}") from None
+    return bases
+
+
+def delta(config: TrainConfig, available: list[str]) -> Plan:
+    levels = _requested_levels(config, available)
+    bases = _delta_bases(config, levels, available)
+    return Plan(
+        "delta",
+        levels,
+        _mixing(config, levels),
+        _level_coeffs(config, levels),
+        bases=bases,
+        model_args={"detach_base": config.delta.detach_base},
+    )
+
+
+def fidelity_embedding(config: TrainConfig, available: list[str]) -> Plan:
+    levels = _requested_levels(config, available)
+    options = config.fidelity_embedding or FidelityEmbeddingConfig()
+    return Plan(
+        "fidelity_embedding",
+        levels,
+        _mixing(config, levels),
+        _level_coeffs(config, levels),
+        model_args={"level_embedding_features": options.num_features},
+    )
+
+
+def finetuning(config: TrainConfig, available: list[str]) -> Plan:
+    """The fine-tuning run of pretrain_finetune or multihead_finetune (``finetune`` section)."""
+    from mftrain.finetune import finetuning_plan  # reads checkpoints: torch, nequip
+
+    return finetuning_plan(config, available)
+
+
 STRATEGIES: dict[str, Callable[[TrainConfig, list[str]], Plan]] = {
     "single": single,
     "multihead": multihead,
+    "pretrain_finetune": finetuning,
+    "multihead_finetune": finetuning,
+    "delta": delta,
+    "fidelity_embedding": fidelity_embedding,
 }
 
 

@@ -6,13 +6,17 @@ The steps, all before any training (so that a bad config or store fails early):
    deterministic group-aware 90/5/5 split where the configured split is missing (saying so);
 2. ask the strategy for the heads (one ordering, written into both the data module's and the
    model's config), measure the training data (samples per level, mixing ratios, average number
-   of neighbours), and initialise every head from its level's statistics;
+   of neighbours), and initialise every head from its level's statistics (a delta head from
+   those of its level's difference from the base);
 3. build the nequip/Hydra config (``FidelityDataModule``, ``MultiHeadNequIPModel``,
    ``MultiFidelityLoss``, the training module with the run's provenance, Lightning's trainer with
    ``best.ckpt``/``last.ckpt`` checkpoints) and build the model once to check it;
 4. write ``mftrain.yaml`` (the resolved mfkit config), ``config.yaml`` (the nequip config) and
    ``provenance.json`` into the output directory and run ``nequip-train`` on it, in this process.
    When the directory holds a ``last.ckpt`` of the same run, training resumes from it.
+
+Several processes (``trainer.devices`` x ``trainer.num_nodes``) train with Lightning's DDP; who
+starts them, and so who prepares and writes, is :func:`launch_of`'s (docs/distributed.md).
 """
 
 from __future__ import annotations
@@ -20,7 +24,11 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
+import shlex
+import subprocess
 import sys
+import tempfile
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -31,8 +39,8 @@ import yaml
 
 from mfdata.registry import open_store
 from mfdata.store.store import Store, StoreError, mfkit_version
-from mftrain.config import ConfigError, TrainConfig
-from mftrain.heads import HeadInit, head_initialisation
+from mftrain.config import ConfigError, TrainConfig, TrainerConfig
+from mftrain.heads import HeadInit, delta_initialisation, head_initialisation
 from mftrain.loss import weight_table
 from mftrain.strategies import Plan, plan
 
@@ -88,8 +96,32 @@ def ensure_split(store: Store, name: str, seed: int, echo: Echo) -> None:
     )
 
 
-def prepare_stores(config: TrainConfig, echo: Echo) -> list[Store]:
-    """Open the stores, packing them, computing statistics and making the split where missing."""
+def require_prepared(store: Store, config: TrainConfig) -> None:
+    """Refuse a store that fit would still pack, describe or split: processes that a launcher
+    (torchrun, srun) starts together would all write it at once."""
+    path = shlex.quote(str(store.path))
+    needed = []
+    if store.manifest.lmdb is None:
+        needed.append(f"mfdata pack {path}")
+    if any(level not in store.manifest.statistics.levels for level in store.levels):
+        needed.append(f"mfdata stats {path}")
+    if config.data.split not in store.manifest.splits:
+        fractions = ",".join(map(str, DEFAULT_FRACTIONS))
+        needed.append(
+            f"mfdata split {path} --name {config.data.split} --by group "
+            f"--fractions {fractions} --seed {config.seed}"
+        )
+    if needed:
+        raise ConfigError(
+            f"{store.path}: not ready for training processes that a launcher starts together "
+            f"(torchrun, srun), which must not all write it; prepare it before the launch: "
+            + "; ".join(needed)
+        )
+
+
+def prepare_stores(config: TrainConfig, echo: Echo, modify: bool = True) -> list[Store]:
+    """Open the stores, packing them, computing statistics and making the split where missing
+    (with ``modify=False``, refusing a store that lacks any of them)."""
     from mfdata.stats import StatisticsWarning, all_warnings, update_statistics
     from mfdata.store.lmdb_store import pack
 
@@ -100,6 +132,9 @@ def prepare_stores(config: TrainConfig, echo: Echo) -> list[Store]:
     if len(set(paths)) != len(paths):
         raise ConfigError(f"data.stores names one store twice: {config.data.stores}")
     for store in stores:
+        if not modify:
+            require_prepared(store, config)
+            continue
         if store.manifest.lmdb is None:
             echo(f"{store.path}: not packed for the loader; packing it (mfdata pack)")
             pack(store.path)
@@ -230,12 +265,22 @@ def _trainer(config: TrainConfig, out: Path) -> dict:
                 "min_delta": t.early_stopping.min_delta,
             }
         )
+    processes = t.devices * t.num_nodes
+    if processes > 1:
+        callbacks.append(
+            {"_target_": "mftrain.training_module.RankReport", "dirpath": str(out / "ranks")}
+        )
     trainer = {
         "_target_": "lightning.Trainer",
         "max_steps": t.max_steps,
         "max_epochs": t.max_epochs if t.max_epochs is not None else -1,
         "accelerator": accelerator,
-        "devices": 1,
+        "devices": t.devices,
+        "num_nodes": t.num_nodes,
+        # DDP (gloo on the CPU, NCCL on GPUs: Lightning's defaults) for more than one process
+        "strategy": "ddp" if processes > 1 else "auto",
+        # FidelityBatchSampler deals each rank its own batches; Lightning must not replace it
+        "use_distributed_sampler": False,
         "log_every_n_steps": t.log_every_n_steps,
         "enable_progress_bar": t.progress_bar,
         "enable_model_summary": False,
@@ -249,6 +294,8 @@ def _trainer(config: TrainConfig, out: Path) -> dict:
     }
     if t.val_every_n_steps is not None:
         trainer.update(check_val_every_n_epoch=None, val_check_interval=t.val_every_n_steps)
+    if t.max_time_minutes is not None:
+        trainer["max_time"] = {"_target_": "datetime.timedelta", "minutes": t.max_time_minutes}
     return trainer
 
 
@@ -286,7 +333,7 @@ def build_nequip_config(
         "num_workers": d.num_workers,
     }
     model = {
-        "_target_": "mftrain.model.MultiHeadNequIPModel",
+        "_target_": plan_.model_target,
         "seed": config.seed,
         "model_dtype": t.precision,
         "type_names": type_names,
@@ -307,6 +354,8 @@ def build_nequip_config(
         "per_level_energy_scales": init.scales,
         "per_type_energy_shifts_trainable": m.shifts_trainable,
         "per_type_energy_scales_trainable": m.scales_trainable,
+        **({"bases": plan_.bases} if plan_.bases else {}),
+        **plan_.model_args,
         **m.extra,
     }
     loss = {
@@ -326,6 +375,8 @@ def build_nequip_config(
         "lr": config.optimizer.lr,
         "weight_decay": config.optimizer.weight_decay,
     }
+    if plan_.param_groups is not None:
+        optimizer["param_groups"] = plan_.param_groups
     training_module = {
         "_target_": f"mftrain.training_module.{module}",
         **training_module,
@@ -367,26 +418,105 @@ def _check_model(model_config: dict) -> None:
         raise ConfigError(f"model: {exc}") from None
 
 
+# --------------------------------------------------------------------------- processes
+
+
+@dataclass(frozen=True)
+class Launch:
+    """This process's place among the training processes. ``launcher`` names what started them
+    all (torchrun, SLURM, LSF, MPI); None when this process was started alone (Lightning then
+    starts the others, if any, from it)."""
+
+    rank: int = 0
+    world_size: int = 1
+    launcher: str | None = None
+
+    @property
+    def started_together(self) -> bool:
+        """Several processes, each running ``fit`` from its start."""
+        return self.launcher is not None and self.world_size > 1
+
+
+def launch_of(trainer: TrainerConfig) -> Launch:
+    """This process as Lightning will see it: started with the others by a launcher whose
+    environment Lightning detects (its cluster environments, in its order), or alone.
+
+    Checks the process count against ``devices`` × ``num_nodes`` before any work.
+    """
+    from lightning.fabric.plugins.environments import (
+        LSFEnvironment,
+        MPIEnvironment,
+        SLURMEnvironment,
+        TorchElasticEnvironment,
+    )
+
+    t = trainer
+    expected = t.devices * t.num_nodes
+    for name, kind in (
+        ("torchrun", TorchElasticEnvironment),
+        ("SLURM", SLURMEnvironment),
+        ("LSF", LSFEnvironment),
+        ("MPI", MPIEnvironment),
+    ):
+        if not kind.detect():
+            continue
+        try:
+            env = kind()
+            if env.world_size() != expected:
+                raise ValueError(
+                    f"it started {env.world_size()} process(es), but trainer.devices x "
+                    f"trainer.num_nodes is {t.devices} x {t.num_nodes}: set devices to the "
+                    "processes per node (one per GPU) and num_nodes to the number of nodes"
+                )
+            env.validate_settings(num_devices=t.devices, num_nodes=t.num_nodes)
+        except (RuntimeError, ValueError) as exc:  # Lightning's own checks say what to change
+            raise ConfigError(f"{name}: {exc}") from None
+        return Launch(env.global_rank(), expected, name)
+    if t.num_nodes > 1:
+        raise ConfigError(
+            f"trainer.num_nodes is {t.num_nodes}: several nodes need a launcher that starts "
+            "trainer.devices processes on every node (srun under SLURM, or torchrun)"
+        )
+    return Launch(0, expected)
+
+
+def _silent(message: str) -> None:
+    """What ranks above 0 print."""
+
+
 # --------------------------------------------------------------------------- prepare and run
 
 
-def prepare(config: TrainConfig, echo: Echo = print) -> Prepared:
-    """Everything before training; raises ConfigError (or StoreError) on a bad config or store."""
+def prepare(config: TrainConfig, echo: Echo = print, modify_stores: bool = True) -> Prepared:
+    """Everything before training; raises ConfigError (or StoreError) on a bad config or store.
+
+    ``modify_stores=False`` refuses stores that still need packing, statistics or the split
+    instead of preparing them (processes started together must not all write them).
+    """
     import nequip
     import torch
 
     from mfdata.loader import default_type_names
 
     out = Path(config.out or DEFAULT_OUT).resolve()
-    stores = prepare_stores(config, echo)
+    stores = prepare_stores(config, echo, modify_stores)
     plan_ = plan(config, available_levels(stores))
     levels = plan_.levels
     type_names = default_type_names(stores)
+    if plan_.type_names is not None:  # those of the model the run starts from
+        untyped = [symbol for symbol in type_names if symbol not in plan_.type_names]
+        if untyped:
+            raise ConfigError(
+                f"the stores have {' '.join(untyped)}, for which the model this run starts from "
+                f"has no atom type (its types: {' '.join(plan_.type_names)})"
+            )
+        type_names = list(plan_.type_names)
     paths = [str(s.path.resolve()) for s in stores]
     selection = str(Path(config.data.selection).resolve()) if config.data.selection else None
     resolved = config.model_copy(deep=True)
     resolved.data.stores = paths
-    resolved.data.levels = levels
+    # fine-tuning strategies name their levels in the finetune section
+    resolved.data.levels = None if config.finetune is not None else levels
     resolved.data.selection = selection
     resolved.out = str(out)
 
@@ -401,7 +531,8 @@ def prepare(config: TrainConfig, echo: Echo = print) -> Prepared:
     if untrained:
         plan_.notes.append(f"heads without training samples: {', '.join(untrained)}")
     avg = config.model.avg_num_neighbors or average_neighbours(train)
-    init = head_initialisation(stores, levels, type_names)
+    references = head_initialisation(stores, levels, type_names)
+    init = delta_initialisation(stores, references, plan_.bases) if plan_.bases else references
     table = weight_table(levels, config.loss.coeffs.model_dump(), plan_.level_coeffs)
     provenance = {
         "mfkit_version": mfkit_version(),
@@ -431,10 +562,19 @@ def prepare(config: TrainConfig, echo: Echo = print) -> Prepared:
         "selection": {"path": selection, "sha256": _sha256(selection)} if selection else None,
         "levels": levels,
         "type_names": type_names,
-        "reference_energies": init.shifts,
-        "reference_methods": init.methods,
-        "energy_scales": init.scales,
+        "reference_energies": references.shifts,
+        "reference_methods": references.methods,
+        "energy_scales": references.scales,
         "head_notes": init.notes,
+        "delta": {
+            "bases": plan_.bases,
+            "detach_base": plan_.model_args["detach_base"],
+            "shifts": {level: init.shifts[level] for level in plan_.bases},
+            "scales": {level: init.scales[level] for level in plan_.bases},
+            "methods": {level: init.methods[level] for level in plan_.bases},
+        }
+        if plan_.bases
+        else None,
         "mixing": {
             "config": plan_.mixing.model_dump(mode="json", exclude_none=True),
             "ratios_epoch0": ratios,
@@ -444,6 +584,7 @@ def prepare(config: TrainConfig, echo: Echo = print) -> Prepared:
         "loss": {"weights": table, "per_atom_energy": config.loss.per_atom_energy},
         "avg_num_neighbors": avg,
         "config": resolved.model_dump(mode="json"),
+        **plan_.provenance,
     }
     provenance = json.loads(json.dumps(provenance))  # plain types only, for YAML and checkpoints
     nequip_config = build_nequip_config(resolved, out, plan_, type_names, init, avg, provenance)
@@ -474,8 +615,8 @@ def _differences(old: dict, new: dict, prefix: str = "") -> list[str]:
     return [] if old == new else [prefix.rstrip(".")]
 
 
-def write_run(prepared: Prepared) -> Path | None:
-    """Write the configs; returns the checkpoint to resume from, if the directory holds one."""
+def resume_point(prepared: Prepared) -> Path | None:
+    """The checkpoint to resume from, if the directory holds one of the same run."""
     out = prepared.out
     last = out / "last.ckpt"
     resume = None
@@ -492,29 +633,55 @@ def write_run(prepared: Prepared) -> Path | None:
                 f"another --out, or remove {out} to start over"
             )
         resume = last
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "mftrain.yaml").write_text(
-        yaml.safe_dump(prepared.config.model_dump(mode="json"), sort_keys=False), encoding="utf-8"
-    )
-    (out / "config.yaml").write_text(
-        yaml.safe_dump(prepared.nequip, sort_keys=False), encoding="utf-8"
-    )
-    (out / "provenance.json").write_text(
-        json.dumps(prepared.provenance, indent=2) + "\n", encoding="utf-8"
-    )
     return resume
 
 
-def run_nequip(out: Path, resume: Path | None) -> None:
-    """``nequip-train -cp OUT -cn config [++ckpt_path=...]``, in this process."""
+def _write_text(path: Path, text: str) -> None:
+    """Write whole or not at all: other ranks may be reading the previous version."""
+    partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
+    partial.write_text(text, encoding="utf-8")
+    os.replace(partial, path)
+
+
+def write_run(prepared: Prepared) -> Path | None:
+    """Write the configs; returns the checkpoint to resume from, if the directory holds one."""
+    resume = resume_point(prepared)
+    out = prepared.out
+    out.mkdir(parents=True, exist_ok=True)
+    config = yaml.safe_dump(prepared.config.model_dump(mode="json"), sort_keys=False)
+    _write_text(out / "mftrain.yaml", config)
+    _write_text(out / "config.yaml", yaml.safe_dump(prepared.nequip, sort_keys=False))
+    _write_text(out / "provenance.json", json.dumps(prepared.provenance, indent=2) + "\n")
+    return resume
+
+
+def run_nequip(config_dir: Path, resume: Path | None, launch: Launch | None = None) -> None:
+    """``nequip-train -cp CONFIG_DIR -cn config [++ckpt_path=...]``, in this process.
+
+    Except where Lightning starts the DDP processes: its launcher starts them by rerunning this
+    process's command line, which must then be nequip-train's own, so nequip-train runs as a
+    child (``python -m nequip.scripts.train``; its Lightning starts the other ranks from it). A
+    rank above 0 writes no Hydra output files (rank 0's ``.hydra/``) and logs to its own file.
+    """
+    launch = launch or Launch()
+    args = ["-cp", str(config_dir.resolve()), "-cn", "config"]
+    if resume is not None:
+        args.append(f"++ckpt_path='{resume.resolve()}'")
+    if launch.rank:
+        args += ["hydra.output_subdir=null", f"hydra.job.name=train_rank{launch.rank}"]
+    if launch.world_size > 1 and launch.launcher is None:
+        command = [sys.executable, "-m", "nequip.scripts.train", *args]
+        status = subprocess.run(command).returncode
+        if status:
+            raise RuntimeError(f"training failed (exit status {status}): {shlex.join(command)}")
+        return
+
     from nequip.scripts.train import main as nequip_train
     from omegaconf import OmegaConf
 
     if OmegaConf.has_resolver("training_data_stats"):  # registered by an earlier run
         OmegaConf.clear_resolver("training_data_stats")
-    argv = ["nequip-train", "-cp", str(out.resolve()), "-cn", "config"]
-    if resume is not None:
-        argv.append(f"++ckpt_path='{resume.resolve()}'")
+    argv = ["nequip-train", *args]
     saved = sys.argv
     sys.argv = argv
     try:
@@ -536,8 +703,26 @@ def checkpoint_summary(path: Path) -> dict:
 
 
 def fit(config: TrainConfig, echo: Echo = print) -> Path:
-    """Prepare, write and run; returns the output directory."""
-    prepared = prepare(config, echo)
+    """Train as ``config`` says; returns the output directory. The fine-tuning strategies run in
+    two stages, each an ordinary run (:func:`mftrain.finetune.fit_stages`); the others in one."""
+    if config.finetune is not None:
+        from mftrain.finetune import fit_stages
+
+        return fit_stages(config, echo)
+    return fit_run(config, echo)
+
+
+def fit_run(config: TrainConfig, echo: Echo = print) -> Path:
+    """One run: prepare, write and run; returns the output directory.
+
+    With several processes (``trainer.devices``, ``trainer.num_nodes``) only rank 0 prints and
+    writes. Lightning starts them after rank 0 has prepared everything; processes that torchrun
+    or srun start together each prepare the same config, from stores prepared before the launch.
+    """
+    launch = launch_of(config.trainer)
+    if launch.rank:
+        echo = _silent
+    prepared = prepare(config, echo, modify_stores=not launch.started_together)
     p = prepared.plan
     mixing = prepared.provenance["mixing"]
     echo(f"strategy {p.strategy}: {len(p.levels)} head(s) in order: {', '.join(p.levels)}")
@@ -550,13 +735,24 @@ def fit(config: TrainConfig, echo: Echo = print) -> Path:
     )
     for note in prepared.init.notes + p.notes:
         echo(f"note: {note}")
-    resume = write_run(prepared)
     out = prepared.out
+    if launch.rank:
+        resume = resume_point(prepared)
+        # the same config, made here: rank 0 may still be writing OUT/config.yaml
+        with tempfile.TemporaryDirectory(prefix="mftrain-") as private:
+            config_text = yaml.safe_dump(prepared.nequip, sort_keys=False)
+            _write_text(Path(private, "config.yaml"), config_text)
+            run_nequip(Path(private), resume, launch)
+        return out
+    resume = write_run(prepared)
     if resume is not None:
         done = checkpoint_summary(resume)["global_step"]
         echo(f"resuming from {resume} (step {done} of {prepared.config.trainer.max_steps})")
+    if launch.world_size > 1:
+        starter = f"started by {launch.launcher}" if launch.launcher else "started by Lightning"
+        echo(f"DDP over {launch.world_size} processes ({starter}); batches are per process")
     echo(f"configs written to {out} (mftrain.yaml, config.yaml, provenance.json); training ...")
-    run_nequip(out, resume)
+    run_nequip(out, resume, launch)
     summary = checkpoint_summary(out / "last.ckpt")
     best = summary["best_val_loss"]
     shown = "n/a" if best is None or math.isnan(best) else f"{best:.6g}"

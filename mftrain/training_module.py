@@ -16,11 +16,15 @@ works too, without the force-pass skip).
 
 from __future__ import annotations
 
+import copy
+import hashlib
+import json
 import shutil
 import warnings
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from lightning.pytorch.callbacks import Callback
 from nequip.data import AtomicDataDict
@@ -107,3 +111,57 @@ class FinalCheckpoint(Callback):
         best = self.dirpath / "best.ckpt"
         if trainer.is_global_zero and not best.exists():
             shutil.copyfile(last, best)
+
+
+class RankReport(Callback):
+    """When training ends each rank writes ``DIRPATH/rank{k}.json``: sha256 digests of its state
+    dict and of its hyperparameters (the config its module was built from), and of the sample
+    ids its training sampler deals it in epoch 0. Under DDP the first two agree on every rank
+    and the third differs; a state digest that differs means the ranks diverged."""
+
+    def __init__(self, dirpath: str):
+        super().__init__()
+        self.dirpath = Path(dirpath)
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        hparams = json.dumps(dict(pl_module.hparams), sort_keys=True, default=str)
+        report = {
+            "rank": trainer.global_rank,
+            "world_size": trainer.world_size,
+            "global_step": trainer.global_step,
+            "state_dict_sha256": state_digest(pl_module.state_dict()),
+            "hyper_parameters_sha256": hashlib.sha256(hparams.encode()).hexdigest(),
+            "epoch0": _epoch0_samples(trainer),
+        }
+        self.dirpath.mkdir(parents=True, exist_ok=True)
+        path = self.dirpath / f"rank{trainer.global_rank}.json"
+        path.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+
+
+def state_digest(state: dict[str, torch.Tensor]) -> str:
+    """sha256 over a state dict: every tensor's name, dtype, shape and bytes, by sorted name."""
+    digest = hashlib.sha256()
+    for name in sorted(state):
+        tensor = state[name].detach().cpu().contiguous()
+        digest.update(f"{name} {tensor.dtype} {tuple(tensor.shape)}\n".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def batches_digest(batches: list[list[int]]) -> dict[str, Any]:
+    """Batch and sample counts and a sha256 over the sample ids of ``batches``, in order."""
+    ids = np.asarray([i for batch in batches for i in batch], dtype=np.int64)
+    digest = hashlib.sha256(ids.tobytes()).hexdigest()
+    return {"batches": len(batches), "samples": len(ids), "sample_ids_sha256": digest}
+
+
+def _epoch0_samples(trainer) -> dict[str, Any] | None:
+    """This rank's epoch-0 training batches, from a copy of its sampler (the loader's own may be
+    anywhere in an epoch)."""
+    loaders = _loaders(trainer.train_dataloader)
+    sampler = getattr(loaders[0], "batch_sampler", None) if loaders else None
+    if not callable(getattr(sampler, "load_state_dict", None)):
+        return None
+    fresh = copy.copy(sampler)
+    fresh.load_state_dict({**sampler.state_dict(), "epoch": 0, "position": 0})
+    return batches_digest(list(fresh))

@@ -31,6 +31,7 @@ from mfdata.schema import (
     LABEL_KINDS,
     DatasetManifest,
     InputFile,
+    LabellingRun,
     LabelSummary,
     LevelSummary,
     Provenance,
@@ -140,8 +141,12 @@ def write_store(
     licence: str | None = None,
     citation: str | None = None,
     description: str | None = None,
+    labelling: list[LabellingRun] = (),
 ) -> DatasetManifest:
-    """Write ``structures`` as a new store at ``out`` (which must not exist), atomically."""
+    """Write ``structures`` as a new store at ``out`` (which must not exist), atomically.
+
+    ``labelling`` records the ``mfdata label`` runs that computed the labels (kept by merges).
+    """
     out = Path(out)
     inputs = [
         InputFile(
@@ -176,6 +181,7 @@ def write_store(
                 inputs=inputs,
                 link_by=link_by,
                 geometry_tolerance=tolerance,
+                labelling=list(labelling),
             ),
         )
         write_manifest(tmp, manifest)

@@ -1,0 +1,447 @@
+"""``mfdata label``: compute one level's labels for the structures of a file or store.
+
+The level's registry entry carries the recipe (:class:`~mfdata.schema.ComputeRecipe`), so the
+stored level is exactly what was computed. Everything that can be refused is refused before any
+calculation: a level without a recipe, a label it cannot compute, an existing output, a structure
+whose charge or multiplicity nobody stated.
+
+Resumable: each result is appended, as one JSON line, to the journal ``OUT.journal.jsonl`` beside
+the output, by the parent process only, flushed and fsynced before the next. A kill at any moment
+loses at most the structures being computed (a partly written last line is dropped on resume);
+rerunning the same command computes only what the journal lacks, and refuses a journal written
+for another source, level, recipe, subset or program version. When every structure is done the
+store is written atomically and the journal moves into it (``labelling-journal.jsonl``): one line
+per computation, with its wall time and process id, so anyone can check that none ran twice.
+
+Charge and multiplicity are never guessed: they come from the source (extxyz ``info`` keys
+``charge``/``total_charge`` and ``multiplicity``, as ``mfdata sample`` writes them, or a store's
+charges and non-zero multiplicities) or from ``--charge``/``--multiplicity``; a flag fills in what
+the source leaves unstated and may not contradict what it states.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import multiprocessing
+import os
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import ase.db
+import ase.io
+import numpy as np
+from ase import Atoms
+from ase.calculators.calculator import all_changes
+from tqdm import tqdm
+
+from mfdata.calculators import CalculationError, calculator, program_version
+from mfdata.levels import registry, resolve_level
+from mfdata.readers import detect_format, read_ase
+from mfdata.records import InvalidDataError, Label, Source, validate
+from mfdata.registry import check_name_free, open_store, register
+from mfdata.schema import ComputeRecipe, DatasetManifest, LabellingRun, LevelOfTheory
+from mfdata.store.store import file_sha256, store_as_source, write_store
+
+JOURNAL_SUFFIX = ".journal.jsonl"
+JOURNAL_IN_STORE = "labelling-journal.jsonl"
+JOURNAL_FORMAT = 1
+# Native units of both programs; ASE (tblite) and mfkit (PySCF) convert to eV and eV/Å.
+PROGRAM_UNITS = {"energy": "Hartree", "forces": "Hartree/Bohr"}
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+
+
+@dataclass
+class LabelPlan:
+    """Everything a labelling run needs, checked: what to compute, for which structures."""
+
+    source: Source
+    level: LevelOfTheory
+    recipe: ComputeRecipe
+    labels: list[str]
+    indices: np.ndarray  # sorted source indices to label
+    charge: np.ndarray  # int, per source structure
+    multiplicity: np.ndarray  # int, per source structure
+    header: dict  # the journal's first line: what a resumed run must match
+    out: Path
+    name: str  # the store's name in the registry
+
+    @property
+    def journal(self) -> Path:
+        return journal_path(self.out)
+
+
+def journal_path(out: Path) -> Path:
+    return out.parent / f"{out.name}{JOURNAL_SUFFIX}"
+
+
+def subset_indices(n_total: int, n: int | None, seed: int) -> np.ndarray:
+    """Sorted indices of the first ``n`` of one seeded permutation: same seed, nested subsets."""
+    if n is None:
+        return np.arange(n_total)
+    if not 1 <= n <= n_total:
+        raise ValueError(f"--n {n}: the source has {n_total} structures")
+    return np.sort(np.random.default_rng(seed).permutation(n_total)[:n])
+
+
+def read_geometries(path: str | Path) -> tuple[Source, str, np.ndarray, np.ndarray]:
+    """The structures of an ASE-readable file or an mfkit store (path or registered name),
+    without their labels.
+
+    Returns the source, its identity (file sha256 or store checksum), and which structures
+    state their charge and their multiplicity.
+    """
+    path = Path(path)
+    if not path.is_file():
+        store = open_store(path)
+        source = store_as_source(store)
+        s = source.structures
+        s.labels = {}
+        s.source[:] = 0
+        source.source_units = {}
+        source.atom_energies = {}
+        return source, store.manifest.checksum, np.ones(s.n_structures, bool), s.multiplicity > 0
+    fmt = detect_format(str(path))
+    if fmt not in ("extxyz", "ase", "ase-db"):
+        raise InvalidDataError(
+            f"{path}: a {fmt} file; convert it first (mfdata convert) and label the store"
+        )
+    ase_format = {"ase-db": "db", "extxyz": "extxyz", "ase": None}[fmt]
+    source = read_ase(str(path), [], format=ase_format)
+    validate(source)
+    infos = (
+        [row.key_value_pairs for row in ase.db.connect(str(path)).select()]
+        if fmt == "ase-db"
+        else [atoms.info for atoms in ase.io.iread(str(path), index=":", format=ase_format)]
+    )
+    charge_stated = np.array([_states_charge(info) for info in infos], dtype=bool)
+    multiplicity_stated = source.structures.multiplicity > 0
+    return source, file_sha256(path), charge_stated, multiplicity_stated
+
+
+def _states_charge(info: dict) -> bool:
+    """Whether ``info`` gives the total charge as the reader takes it (not partial charges)."""
+    if info.get("total_charge") is not None:
+        return True
+    return info.get("charge") is not None and np.ndim(info["charge"]) == 0
+
+
+def _resolve_spin(
+    source: Source,
+    stated: np.ndarray,
+    values: np.ndarray,
+    given: int | None,
+    what: str,
+    indices: np.ndarray,
+) -> np.ndarray:
+    """Per-structure charge or multiplicity: stated by the source, else the flag, else an error."""
+    values = values.astype(np.int64)
+    if given is not None:
+        conflict = np.flatnonzero(stated & (values != given))
+        if len(conflict):
+            i = int(conflict[0])
+            raise InvalidDataError(
+                f"{source.path}: {source.describe(i)} states {what} {values[i]}, "
+                f"but --{what} {given} was given"
+            )
+        values[~stated] = given
+        stated = np.ones_like(stated)
+    missing = indices[~stated[indices]]
+    if len(missing):
+        hint = "0 for neutral molecules" if what == "charge" else "1 for closed-shell singlets"
+        raise InvalidDataError(
+            f"{source.path}: {source.describe(int(missing[0]))} (and {len(missing) - 1} more) "
+            f"does not state its {what}; pass --{what} ({hint}) if that holds for all of them"
+        )
+    return values
+
+
+def plan_labelling(
+    source_path: str | Path,
+    level: str,
+    out: str | Path,
+    labels: list[str] | None = None,
+    n: int | None = None,
+    seed: int = 0,
+    charge: int | None = None,
+    multiplicity: int | None = None,
+    name: str | None = None,
+) -> LabelPlan:
+    """Check everything and decide what to compute; no calculation runs here."""
+    out = Path(out)
+    lot = resolve_level(level)
+    recipe = lot.compute
+    if recipe is None:
+        computable = [lvl.id for lvl in registry().values() if lvl.compute is not None]
+        raise ValueError(
+            f"level {lot.id} has no compute recipe in catalogs/levels.yaml, so mfkit cannot "
+            f"compute it; levels it can compute: {', '.join(computable)}"
+        )
+    unknown = [label for label in labels or [] if label not in recipe.labels]
+    if unknown:
+        raise ValueError(
+            f"--labels {','.join(unknown)}: the {lot.id} recipe computes only "
+            f"{', '.join(recipe.labels)}"
+        )
+    labels = [label for label in recipe.labels if not labels or label in labels]  # recipe order
+    if out.exists():
+        raise FileExistsError(f"{out}: already exists (a finished output?); choose another --out")
+    check_name_free(name or out.name, out)
+    version = program_version(recipe.program)
+    source, identity, charge_stated, multiplicity_stated = read_geometries(source_path)
+    s = source.structures
+    if s.pbc.any():
+        i = int(np.flatnonzero(s.pbc.any(axis=1))[0])
+        raise InvalidDataError(
+            f"{source.path}: {source.describe(i)} is periodic; mfdata label computes molecules"
+        )
+    indices = subset_indices(s.n_structures, n, seed)
+    charges = _resolve_spin(source, charge_stated, s.charge, charge, "charge", indices)
+    mults = _resolve_spin(
+        source, multiplicity_stated, s.multiplicity, multiplicity, "multiplicity", indices
+    )
+    electrons = np.add.reduceat(s.numbers.astype(np.int64), s.atom_start[:-1]) - charges
+    bad = indices[((electrons[indices] + mults[indices] - 1) % 2 != 0) | (mults[indices] < 1)]
+    if len(bad):
+        i = int(bad[0])
+        raise InvalidDataError(
+            f"{source.path}: {source.describe(i)}: {electrons[i]} electrons cannot have "
+            f"multiplicity {mults[i]}"
+        )
+    _check_elements(recipe, lot.id, s.numbers)
+    header = {
+        "journal": "mfdata label",
+        "format": JOURNAL_FORMAT,
+        "source": str(source_path),
+        "source_identity": identity,
+        "level": lot.id,
+        "recipe": recipe.model_dump(mode="json"),
+        "labels": labels,
+        "subset": None if n is None else [n, seed],
+        "charge": charge,
+        "multiplicity": multiplicity,
+        "program_version": version,
+    }
+    return LabelPlan(
+        source, lot, recipe, labels, indices, charges, mults, header, out, name or out.name
+    )
+
+
+def _check_elements(recipe: ComputeRecipe, level_id: str, numbers: np.ndarray) -> None:
+    """Refuse elements the method or basis set does not cover, before any calculation."""
+    from ase.data import chemical_symbols
+
+    present = np.unique(numbers)
+    elements = [chemical_symbols[z] for z in present]
+    if recipe.program == "tblite":
+        too_heavy = [chemical_symbols[z] for z in present if z > 86]
+        if too_heavy:
+            raise InvalidDataError(f"{level_id}: GFN-xTB has no parameters for {too_heavy}")
+        return
+    from pyscf import gto
+
+    for element in elements:
+        try:
+            gto.basis.load(recipe.basis, element)
+        except Exception as exc:  # pyscf raises several types for a missing basis
+            raise InvalidDataError(
+                f"{level_id}: basis {recipe.basis} has no functions for {element}"
+            ) from exc
+
+
+def read_journal(path: Path) -> tuple[dict | None, dict[int, dict], int]:
+    """The header, the results by structure index, and the length of the complete lines.
+
+    Only newline-terminated lines count: a line cut off by a kill is dropped. A damaged line
+    before the last is an error, never skipped.
+    """
+    data = path.read_bytes()
+    *lines, tail = data.split(b"\n")
+    if not lines:
+        return None, {}, 0
+    try:
+        header = json.loads(lines[0])
+    except ValueError as exc:
+        raise InvalidDataError(f"{path}: line 1 is not a journal header: {exc}") from exc
+    results: dict[int, dict] = {}
+    for number, line in enumerate(lines[1:], start=2):
+        try:
+            record = json.loads(line)
+            index = int(record["i"])
+        except (ValueError, KeyError, TypeError) as exc:
+            raise InvalidDataError(f"{path}: line {number} is damaged: {exc}") from exc
+        if index in results:
+            raise InvalidDataError(f"{path}: line {number}: structure {index} appears twice")
+        results[index] = record
+    return header, results, len(data) - len(tail)
+
+
+def _open_journal(plan: LabelPlan) -> dict[int, dict]:
+    """Results already journaled for this plan; a new journal (header only) if none."""
+    path = plan.journal
+    header, results, length = read_journal(path) if path.exists() else (None, {}, 0)
+    if header is None:
+        _append(path, [plan.header], truncate=0)
+        return {}
+    differ = [key for key in plan.header if key != "source" and header.get(key) != plan.header[key]]
+    if differ:
+        raise InvalidDataError(
+            f"{path}: a journal from another labelling run (it differs in {', '.join(differ)}); "
+            f"delete it to start again, or choose another --out"
+        )
+    stray = sorted(set(results) - set(plan.indices.tolist()))
+    if stray:
+        raise InvalidDataError(f"{path}: structure {stray[0]} is not in this run's subset")
+    _append(path, [], truncate=length)
+    return results
+
+
+def _append(path: Path, records: list[dict], truncate: int | None = None) -> None:
+    with open(path, "ab") as handle:
+        if truncate is not None:
+            handle.truncate(truncate)
+        for record in records:
+            handle.write((json.dumps(record) + "\n").encode())
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+# Worker side: one calculator recipe per process, set by the pool's initializer.
+_WORKER: dict = {}
+
+
+def _init_worker(recipe_json: str, labels: list[str]) -> None:
+    _WORKER["recipe"] = ComputeRecipe.model_validate_json(recipe_json)
+    _WORKER["labels"] = labels
+
+
+def _compute(task: tuple[int, np.ndarray, np.ndarray, int, int]) -> dict:
+    """One structure's labels (eV, eV/Å) and the wall time it took, or the error it raised."""
+    index, numbers, positions, charge, multiplicity = task
+    atoms = Atoms(numbers=numbers, positions=positions)
+    start = time.perf_counter()
+    try:
+        calc = calculator(_WORKER["recipe"], charge, multiplicity)
+        calc.calculate(atoms, properties=_WORKER["labels"], system_changes=all_changes)
+        values = {k: np.asarray(calc.results[k], dtype=np.float64) for k in _WORKER["labels"]}
+    except Exception as exc:  # a program failure, reported with the structure that caused it
+        return {"i": index, "error": f"{type(exc).__name__}: {exc}"}
+    record: dict = {"i": index, "seconds": round(time.perf_counter() - start, 4)}
+    record["pid"] = os.getpid()
+    for label, value in values.items():
+        if not np.isfinite(value).all():
+            return {"i": index, "error": f"{label} is not finite"}
+        record[label] = value.reshape(-1).tolist() if label == "forces" else float(value)
+    return record
+
+
+@contextmanager
+def _single_threaded_children() -> Iterator[None]:
+    """Workers start with one thread each (OpenMP, BLAS): parallelism is over processes."""
+    saved = {key: os.environ.get(key) for key in THREAD_VARIABLES}
+    os.environ.update({key: "1" for key in THREAD_VARIABLES})
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def run_labelling(plan: LabelPlan, workers: int = 1) -> DatasetManifest:
+    """Compute what the journal lacks over ``workers`` processes, then write the store."""
+    if workers < 1:
+        raise ValueError(f"--workers {workers}: need at least 1")
+    done = _open_journal(plan)
+    s = plan.source.structures
+    start = s.atom_start
+    todo = [int(i) for i in plan.indices if int(i) not in done]
+    tasks = [
+        (
+            i,
+            s.numbers[start[i] : start[i + 1]],
+            np.asarray(s.positions[start[i] : start[i + 1]], dtype=np.float64),
+            int(plan.charge[i]),
+            int(plan.multiplicity[i]),
+        )
+        for i in todo
+    ]
+    if tasks:
+        context = multiprocessing.get_context("spawn")  # no fork of a threaded parent
+        with _single_threaded_children():
+            pool = context.Pool(
+                min(workers, len(tasks)),
+                initializer=_init_worker,
+                initargs=(plan.recipe.model_dump_json(), plan.labels),
+            )
+        bar = tqdm(
+            total=len(plan.indices),
+            initial=len(done),
+            desc=f"labelling {plan.level.id}",
+            unit=" structures",
+            mininterval=0.5,
+            disable=None,
+        )
+        with pool, bar:
+            for record in pool.imap_unordered(_compute, tasks, chunksize=1):
+                if "error" in record:
+                    raise CalculationError(
+                        f"{plan.source.path}: {plan.source.describe(record['i'])}: "
+                        f"{plan.level.id}: {record['error']}; the {len(done)} structures done "
+                        f"are kept in {plan.journal} for a rerun"
+                    )
+                _append(plan.journal, [record])
+                done[record["i"]] = record
+                bar.update()
+    return _write(plan, done)
+
+
+def _write(plan: LabelPlan, done: dict[int, dict]) -> DatasetManifest:
+    """The labelled structures as a new store at ``plan.out``, with the journal inside it."""
+    s = plan.source.structures.select(plan.indices)
+    s.charge = plan.charge[plan.indices].astype(np.int16)
+    s.multiplicity = plan.multiplicity[plan.indices].astype(np.int16)
+    records = [done[int(i)] for i in plan.indices]
+    present = np.ones(s.n_structures, dtype=bool)
+    if "energy" in plan.labels:
+        energy = np.array([r["energy"] for r in records], dtype=np.float64)
+        s.labels[(plan.level.id, "energy")] = Label(energy, present)
+    if "forces" in plan.labels:
+        forces = np.concatenate([np.asarray(r["forces"], dtype=np.float64) for r in records])
+        s.labels[(plan.level.id, "forces")] = Label(forces.reshape(-1, 3), present)
+    source = Source(
+        path=plan.source.path,
+        reader=plan.source.reader,
+        structures=s,
+        source_units={(plan.level.id, label): PROGRAM_UNITS[label] for label in plan.labels},
+    )
+    validate(source)
+    subset = plan.header["subset"]
+    run = LabellingRun(
+        level=plan.level.id,
+        labels=plan.labels,
+        recipe=plan.recipe,
+        program_version=plan.header["program_version"],
+        n_structures=s.n_structures,
+        subset=None if subset is None else tuple(subset),
+        charge=plan.header["charge"],
+        multiplicity=plan.header["multiplicity"],
+        seconds_per_structure=float(np.mean([r["seconds"] for r in records])),
+    )
+    manifest = write_store(
+        plan.out,
+        s,
+        [source],
+        name=plan.name,
+        description=f"mfdata label {plan.source.path} --level {plan.level.id} "
+        f"({datetime.date.today().isoformat()})",
+        labelling=[run],
+    )
+    register(manifest.name, plan.out)
+    os.replace(plan.journal, plan.out / JOURNAL_IN_STORE)
+    return manifest

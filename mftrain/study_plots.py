@@ -1,0 +1,191 @@
+"""PNG figures of the study reports (matplotlib, Agg backend): bars, parity grids, curves."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def bar_chart(
+    path: Path,
+    names: Sequence[str],
+    panels: Sequence[tuple[str, Sequence[Sequence[float]]]],
+    title: str,
+    hatched: Sequence[str] = (),
+) -> Path:
+    """One panel per (y label, per-name values over seeds): bars at the mean, a black error bar
+    of one standard deviation, and every seed's value as a dot. ``hatched`` names are drawn
+    hatched (e.g. a baseline that is not a trained model)."""
+    plt = _pyplot()
+    width = (1.4 + 0.8 * len(names)) * len(panels)
+    fig, axes = plt.subplots(1, len(panels), figsize=(width, 4.4))
+    axes = np.atleast_1d(axes)
+    x = np.arange(len(names))
+    for ax, (label, values) in zip(axes, panels, strict=True):
+        for i, (name, seeds) in enumerate(zip(names, values, strict=True)):
+            seeds = np.asarray([v for v in seeds if v is not None and np.isfinite(v)], float)
+            if len(seeds) == 0:
+                continue
+            ax.bar(
+                i,
+                seeds.mean(),
+                color=f"C{i}",
+                alpha=0.75,
+                hatch="//" if name in hatched else None,
+                yerr=seeds.std(ddof=1) if len(seeds) > 1 else None,
+                capsize=4,
+            )
+            ax.scatter(np.full(len(seeds), i), seeds, color="k", s=10, zorder=3)
+            ax.annotate(
+                f"{seeds.mean():.3g}", (i, seeds.mean()), ha="center", va="bottom", fontsize=8
+            )
+        ax.set_xticks(x, names, rotation=25, ha="right")
+        ax.set_ylabel(label)
+        ax.grid(axis="y", alpha=0.3)
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def parity_grid(
+    path: Path,
+    columns: Sequence[tuple[str, dict[str, tuple[np.ndarray, np.ndarray]]]],
+    rows: Sequence[tuple[str, str]],
+    title: str,
+) -> Path:
+    """Predicted against reference: one column per model (name, {quantity: (true, pred)}), one
+    row per (quantity, axis label); a missing quantity leaves its panel empty."""
+    plt = _pyplot()
+    from matplotlib.ticker import MaxNLocator
+
+    fig, axes = plt.subplots(
+        len(rows), len(columns), figsize=(3.1 * len(columns), 3.0 * len(rows)), squeeze=False
+    )
+    for j, (name, data) in enumerate(columns):
+        for i, (quantity, label) in enumerate(rows):
+            ax = axes[i][j]
+            if quantity not in data or len(data[quantity][0]) == 0:
+                ax.axis("off")
+                continue
+            true, pred = (np.asarray(a, float) for a in data[quantity])
+            lo, hi = float(min(true.min(), pred.min())), float(max(true.max(), pred.max()))
+            pad = 0.05 * (hi - lo or 1.0)
+            ax.plot([lo - pad, hi + pad], [lo - pad, hi + pad], color="0.6", lw=1)
+            ax.scatter(true, pred, s=4, alpha=0.5, color=f"C{j}")
+            mae = float(np.mean(np.abs(pred - true)))
+            unit = label.split("(")[-1].rstrip(")")
+            ax.set_title(f"{name}\nMAE {mae * 1000:.1f} m{unit}", fontsize=9)
+            ax.set_xlabel(f"reference {label}", fontsize=8)
+            ax.set_ylabel(f"predicted {label}", fontsize=8)
+            ax.tick_params(labelsize=7)
+            ax.xaxis.set_major_locator(MaxNLocator(4))
+            ax.yaxis.set_major_locator(MaxNLocator(4))
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def curves(
+    path: Path,
+    panels: Sequence[tuple[str, dict[str, list[tuple[float, float]]]]],
+    xlabel: str,
+    title: str,
+    yscale: str = "log",
+) -> Path:
+    """One panel per (y label, {series name: [(x, y), ...]}), lines in series order; ``yscale``
+    as matplotlib's (``symlog``: linear near 0, for series far apart in size)."""
+    plt = _pyplot()
+    width = max(6.0, 4.6 * len(panels))
+    fig, axes = plt.subplots(1, len(panels), figsize=(width, 3.8), squeeze=False)
+    for ax, (label, series) in zip(axes[0], panels, strict=True):
+        for k, (name, points) in enumerate(series.items()):
+            if not points:
+                continue
+            x, y = zip(*points, strict=True)
+            ax.plot(x, y, color=f"C{k}", label=name, lw=1.2, marker="." if len(x) < 30 else None)
+        if yscale == "symlog":
+            ax.set_yscale("symlog", linthresh=1.0)
+        else:
+            ax.set_yscale(yscale)
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def heatmap(path: Path, names: Sequence[str], matrix: np.ndarray, title: str) -> Path:
+    """A square matrix of values in [0, 1] with the value in every cell."""
+    plt = _pyplot()
+    size = 1.6 + 1.1 * len(names)
+    fig, ax = plt.subplots(figsize=(size + 1.2, size))
+    image = ax.imshow(matrix, vmin=0.0, vmax=1.0, cmap="viridis")
+    ax.set_xticks(range(len(names)), names, rotation=30, ha="right")
+    ax.set_yticks(range(len(names)), names)
+    for i in range(len(names)):
+        for j in range(len(names)):
+            color = "k" if matrix[i, j] > 0.6 else "w"
+            ax.text(j, i, f"{matrix[i, j]:.2f}", ha="center", va="center", color=color)
+    fig.colorbar(image, ax=ax, fraction=0.046)
+    ax.set_title(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def learning_curves_by_size(
+    path: Path,
+    panels: Sequence[tuple[str, dict[str, list[tuple[int, Sequence[float]]]]]],
+    title: str,
+) -> Path:
+    """Error against training-set size, log-log: one panel per (y label, {model: [(N, values
+    over seeds)]}); the mean with a one-standard-deviation band, every seed as a dot."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.0 * len(panels), 4.0), squeeze=False)
+    for ax, (label, series) in zip(axes[0], panels, strict=True):
+        for k, (name, points) in enumerate(series.items()):
+            xs, means, stds = [], [], []
+            for n, values in points:
+                values = np.asarray([v for v in values if v is not None], float)
+                if len(values) == 0:
+                    continue
+                xs.append(n)
+                means.append(values.mean())
+                stds.append(values.std(ddof=1) if len(values) > 1 else 0.0)
+                ax.scatter(np.full(len(values), n), values, color=f"C{k}", s=8, alpha=0.6)
+            if not xs:
+                continue
+            means, stds = np.asarray(means), np.asarray(stds)
+            ax.plot(xs, means, color=f"C{k}", marker="o", label=name)
+            ax.fill_between(xs, means - stds, means + stds, color=f"C{k}", alpha=0.15)
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("training structures N")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3, which="both")
+        ax.legend(fontsize=7)
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
