@@ -125,46 +125,15 @@ def export(
 
 @app.command()
 def demo(
-    out: Annotated[Path, typer.Option(help="Directory for the store and the run.")] = Path(
-        "mfkit-demo"
-    ),
-    max_steps: Annotated[int, typer.Option(help="Training steps.")] = 150,
+    out: Annotated[Path, typer.Option(help="Study directory.")] = Path("mfkit-demo"),
+    budget_minutes: Annotated[
+        float, typer.Option(help="Training wall-clock minutes per model.")
+    ] = 2.0,
+    md: Annotated[bool, typer.Option(help="Run the MD check on the exported heads.")] = True,
 ) -> None:
-    """The embedded default: convert the bundled ANI-1x/ANI-1ccx sample, train a tiny two-head
-    model (ωB97X/6-31G(d) energies and forces, CCSD(T)*/CBS energies) and score it."""
-    from mfdata.resources import example_file
-    from mfdata.split import make_split
-    from mfdata.store.store import Store
-    from mftrain.config import load_config, with_overrides
-    from mftrain.evaluate import evaluate as run_eval
-    from mftrain.evaluate import format_table, plot_parity
-    from mftrain.train import fit as run_fit
-
-    store, run = out / "ani1_n5", out / "run"
-    if not store.exists():
-        from mfdata.cli import convert
-
-        convert([Path(str(example_file("ani1_n5.hdf5")))], out=store, name="mfkit-demo-ani1_n5")
-        # 8 conformers: split by structure so that every part has one
-        make_split(Store(store), "default", by="structure", fractions=[0.5, 0.25, 0.25], seed=0)
-    settings = with_overrides(
-        load_config(None),
-        {
-            "data.stores": [str(store)],
-            "data.levels": ["wb97x-631gd", "ccsdt-star-cbs"],
-            "data.batch_size": 2,
-            "model.num_layers": 1,
-            "model.num_features": 8,
-            "trainer.max_steps": max_steps,
-            "trainer.progress_bar": False,
-            "out": str(run),
-        },
-    )
-    run_fit(settings, echo=typer.echo)
-    result = run_eval(run / "best.ckpt", str(store), split="default:test", echo=typer.echo)
-    typer.echo(format_table(result.metrics))
-    written = plot_parity(result, run / "eval-test")
-    typer.echo(f"parity plots: {', '.join(str(p) for p in written)}")
+    """The embedded default: the low-forces-high-energies study on the bundled methanol data
+    (GFN2-xTB energies and forces, 100 wB97X/6-31G(d) energies), printing the comparison table."""
+    study_low_forces(out=out, budget_minutes=budget_minutes, md=md)
 
 
 study_app = typer.Typer(

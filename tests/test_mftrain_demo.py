@@ -1,21 +1,38 @@
-"""The README's main command: the embedded default converts, trains and scores."""
+"""The README's main command: with no data given, the study runs on the bundled methanol store."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
 import pytest
 
+MODELS = (
+    "energy_only",
+    "multi_fidelity",
+    "multi_fidelity_delta",
+    "energy_forces",
+    "low_level_as_prediction",
+)
+
 
 @pytest.mark.slow
-def test_demo_trains_and_scores_the_bundled_sample(tmp_path):
+def test_demo_runs_the_study_on_the_bundled_data(tmp_path):
+    out = tmp_path / "demo"
     proc = subprocess.run(
-        [sys.executable, "-m", "mftrain.cli", "demo", "--out", str(tmp_path), "--max-steps", "20"],
+        [sys.executable, "-m", "mftrain.cli", "demo", "--out", str(out)]
+        + ["--budget-minutes", "0.1", "--no-md"],
         capture_output=True,
         text=True,
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert (tmp_path / "run" / "best.ckpt").is_file()
-    assert (tmp_path / "run" / "eval-test" / "parity_wb97x-631gd.png").is_file()
-    assert "wb97x-631gd" in proc.stdout and "meV/atom" in proc.stdout
+    results = json.loads((out / "results.json").read_text())
+    printed = proc.stdout.splitlines()
+    for model in MODELS:
+        assert any(line.startswith(model) for line in printed), model
+    assert (out / "report.md").is_file()
+    assert (out / "figures" / "force_mae.png").is_file()
+    assert "methanol" in (out / "report.md").read_text()
+    for model in MODELS:
+        assert results[model]["forces_mae"] > 0, model

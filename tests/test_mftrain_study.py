@@ -1,0 +1,321 @@
+"""``mftrain study``: the low-forces-high-energies recipe end to end through the CLI on a tiny real
+store (GFN1-xTB low, GFN2-xTB high, both computed here with tblite), linear CKA's properties,
+and the MD check on an exported head."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from mfdata.split import split_indices
+from mfdata.store.store import Store
+from tests.conftest import run_cli
+from tests.test_mftrain_fit import run_mftrain
+
+LOW, HIGH = "gfn1-xtb", "gfn2-xtb"
+MODELS = ["energy_only", "multi_fidelity", "multi_fidelity_delta", "energy_forces"]
+KEYS = [*MODELS, "low_level_as_prediction"]
+
+
+def methanol_store(root: Path, n: int = 40, n_high: int = 26) -> Path:
+    """``n`` rattled methanol geometries with GFN1-xTB energies and forces, the first ``n_high``
+    also with GFN2-xTB energies and forces (tblite), converted by ``mfdata convert``."""
+    from ase.build import molecule
+    from ase.io import write
+    from tblite.ase import TBLite
+
+    rng = np.random.default_rng(0)
+    gfn1 = TBLite(method="GFN1-xTB", verbosity=0)
+    gfn2 = TBLite(method="GFN2-xTB", verbosity=0)
+    frames = []
+    for i in range(n):
+        atoms = molecule("CH3OH")
+        atoms.positions += rng.normal(0.0, 0.06, atoms.positions.shape)
+        for key, calc in (("1", gfn1), ("2", gfn2)):
+            if key == "2" and i >= n_high:
+                continue
+            atoms.calc = calc
+            atoms.info[f"E{key}"] = atoms.get_potential_energy()
+            atoms.arrays[f"F{key}"] = atoms.get_forces()
+        atoms.calc = None
+        frames.append(atoms)
+    write(root / "methanol.xyz", frames, format="extxyz")
+    store = root / "methanol"
+    maps = []
+    for key, level in (("1", LOW), ("2", HIGH)):
+        maps += ["--map", f"E{key}={level}:energy", "--units", f"E{key}=eV"]
+        maps += ["--map", f"F{key}={level}:forces", "--units", f"F{key}=eV/Å"]
+    run_cli("convert", root / "methanol.xyz", *maps, "--out", store)
+    return store
+
+
+def tiny_base_config(path: Path) -> Path:
+    config = {
+        "data": {"batch_size": 4, "epoch_size": 32},
+        "model": {"r_max": 4.0, "num_layers": 1, "l_max": 1, "num_features": 8},
+        "optimizer": {"lr": 0.01},
+        "lr_scheduler": {"kind": "plateau", "patience": 2},
+        "trainer": {"progress_bar": False, "log_every_n_steps": 5},
+    }
+    path.write_text(yaml.safe_dump(config), encoding="utf-8")
+    return path
+
+
+def study_args(store: Path, config: Path, out: Path) -> list:
+    return [
+        "study",
+        "low-forces-high-energies",
+        "--data",
+        store,
+        "--low",
+        LOW,
+        "--high",
+        HIGH,
+        "--n-high",
+        8,
+        "--n-test",
+        6,
+        "--budget-minutes",
+        0.1,
+        "--config",
+        config,
+        "--out",
+        out,
+    ]
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory) -> dict:
+    """The tiny two-level store and base config every recipe test uses."""
+    root = tmp_path_factory.mktemp("tiny")
+    return {"store": methanol_store(root), "config": tiny_base_config(root / "base.yaml")}
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory, tiny):
+    """The recipe run once through the CLI: 4 models, 1 seed, 6 s of training each."""
+    root = tmp_path_factory.mktemp("study")
+    store, config = tiny["store"], tiny["config"]
+    out = root / "out"
+    proc = run_mftrain(*study_args(store, config, out), "--json-out", root / "numbers.json")
+    return {"root": root, "store": store, "config": config, "out": out, "proc": proc}
+
+
+@pytest.mark.slow
+def test_study_writes_json_report_and_table(study):
+    out = study["out"]
+    numbers = json.loads((study["root"] / "numbers.json").read_text())
+    assert numbers == json.loads((out / "results.json").read_text())
+    for key in KEYS:
+        entry = numbers[key]
+        for field in ("forces_mae", "energy_mae_per_atom"):
+            assert math.isfinite(entry[field]) and entry[field] > 0, (key, field)
+        assert len(entry["per_seed"]) == 1 and entry["forces_mae_std"] is None
+    for key in MODELS:
+        assert numbers[key]["per_seed"][0]["steps"] > 0
+        assert (out / numbers[key]["per_seed"][0]["run"] / "study-config.yaml").is_file()
+    for key in ("multi_fidelity", "energy_only"):
+        check = numbers[key]["md_check"]
+        assert check["fragments_start"] == 1 and check["nve_steps"] > 0
+    report = (out / "report.md").read_text()
+    for figure in ("force_mae", "parity", "learning_curves", "md"):
+        assert f"figures/{figure}.png" in report
+        assert (out / "figures" / f"{figure}.png").stat().st_size > 5000, figure
+    assert "`multi_fidelity` reaches a held-out gfn2-xtb force MAE of" in report
+    table = study["proc"].stdout.splitlines()[-6:]
+    assert table[0].split()[:3] == ["model", "force", "MAE"]
+    assert [line.split()[0] for line in table[1:]] == KEYS
+    seeds = numbers["study"]["arguments"]["seeds"]
+    assert seeds == 1 and numbers["study"]["arguments"]["n_high"] == 8
+
+
+@pytest.mark.slow
+def test_no_run_trained_on_a_test_structure(study):
+    """From every run's recorded stores and split: no training or validation structure has the
+    geometry of a test structure, the run saw 8 high-level energies, and only energy_forces
+    weighs high-level forces."""
+    numbers = json.loads((study["out"] / "results.json").read_text())
+    test = np.asarray(numbers["study"]["test_indices"])
+    assert len(test) == 6
+    _, hashes = Store(study["store"]).read()
+    test_hashes = set(hashes[test].tolist())
+    for key in MODELS:
+        run = study["out"] / numbers[key]["per_seed"][0]["run"]
+        prov = json.loads((run / "provenance.json").read_text())
+        split = prov["split"]["name"]
+        high_train = 0
+        for entry in prov["stores"]:
+            store = Store(entry["path"])
+            assert store.manifest.checksum == entry["checksum"]
+            structures, store_hashes = store.read()
+            for part in ("train", "val"):
+                seen = split_indices(store, split, part)
+                assert not test_hashes & set(store_hashes[seen].tolist()), (key, part)
+            if (HIGH, "energy") in structures.labels:
+                train = split_indices(store, split, "train")
+                high_train += int(structures.labels[(HIGH, "energy")].present[train].sum())
+        assert high_train == 8, key
+        assert prov["mixing"]["train_samples"][HIGH] == 8
+        forces = prov["loss"]["weights"][HIGH]["forces"]
+        assert (forces > 0) == (key == "energy_forces"), key
+
+
+@pytest.mark.slow
+def test_low_level_as_prediction_is_the_stores_low_forces(study):
+    numbers = json.loads((study["out"] / "results.json").read_text())
+    test = numbers["study"]["test_indices"]
+    s, _ = Store(study["store"]).read()
+    start = s.atom_start
+    atoms = np.concatenate([np.arange(start[i], start[i + 1]) for i in test])
+    low = s.labels[(LOW, "forces")].values[atoms]
+    high = s.labels[(HIGH, "forces")].values[atoms]
+    expected = float(np.mean(np.abs(low - high)))
+    assert numbers["low_level_as_prediction"]["forces_mae"] == pytest.approx(expected, rel=1e-12)
+
+
+@pytest.mark.slow
+def test_rerun_reuses_runs_and_refuses_other_arguments(study):
+    again = run_mftrain(*study_args(study["store"], study["config"], study["out"]))
+    assert "writing study store" not in again.stdout and "runs of" in again.stdout
+    first = json.loads((study["out"] / "results.json").read_text())
+    assert first["multi_fidelity"]["per_seed"][0]["steps"] > 0
+    args = study_args(study["store"], study["config"], study["out"])
+    args[args.index("--n-high") + 1] = 9
+    refused = run_mftrain(*args, check=False)
+    assert refused.returncode == 2
+    assert "holds a study with other arguments (n_high differ)" in refused.stderr
+
+
+@pytest.mark.slow
+def test_md_check_on_an_exported_head(study):
+    """The MD check on the energy_forces model's exported high-level head: finite drift."""
+    from ase.build import molecule
+
+    from mftrain.analysis import md_check
+
+    package = study["out"] / "runs" / "seed-0" / "energy_forces" / f"{HIGH}.nequip.zip"
+    check = md_check(package, molecule("CH3OH"), langevin_steps=20, nve_steps=40)
+    assert check.nve_steps == 40 and len(check.nve_energy_ev_per_atom) == 41, "start and steps"
+    assert check.nve_time_ps[-1] == pytest.approx(40 * 0.5e-3)
+    assert check.drift_ev_per_atom_per_ps is not None
+    assert math.isfinite(check.drift_ev_per_atom_per_ps)
+    assert check.fragments_start == 1
+
+
+@pytest.mark.slow
+def test_bad_study_input_fails_before_work(tmp_path):
+    store = methanol_store(tmp_path, n=12, n_high=6)
+    config = tiny_base_config(tmp_path / "base.yaml")
+    args = study_args(store, config, tmp_path / "out")
+    cases = {
+        ("--high", "wb97x-631gd"): "--high wb97x-631gd is not in the store",
+        ("--n-test", "0"): "--n-test 0: must be at least 1",
+        ("--n-test", "11"): "too few for a test part of 11",
+        ("--budget-minutes", "0"): "--budget-minutes 0",
+    }
+    for (flag, value), message in cases.items():
+        bad = list(args)
+        bad[bad.index(flag) + 1] = value
+        proc = run_mftrain(*bad, check=False)
+        assert proc.returncode == 2, (flag, proc.stderr[-500:])
+        assert message in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, flag
+    assert not (tmp_path / "out" / "runs").exists()
+
+
+def test_fragments_find_a_detached_atom():
+    from ase.build import molecule
+
+    from mftrain.analysis import fragments
+
+    atoms = molecule("CH3OH")
+    assert len(set(fragments(atoms, 1.5))) == 1
+    atoms.positions[5] += [4.0, 0.0, 0.0]
+    labels = fragments(atoms, 1.5)
+    assert len(set(labels)) == 2 and (labels == labels[5]).sum() == 1
+
+
+def test_linear_cka_properties():
+    from mftrain.analysis import linear_cka
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(200, 16))
+    rotation, _ = np.linalg.qr(rng.normal(size=(16, 16)))
+    assert linear_cka(x, x) == pytest.approx(1.0, abs=1e-12)
+    assert linear_cka(x, 3.7 * x @ rotation) == pytest.approx(1.0, abs=1e-12)
+    assert linear_cka(x, x + 5.0) == pytest.approx(1.0, abs=1e-12), "centred"
+    y = rng.normal(size=(200, 8))
+    assert linear_cka(x, y) == pytest.approx(linear_cka(y, x), abs=1e-12)
+    assert linear_cka(x, y) < 0.2, "independent representations"
+    partial = np.hstack([x[:, :8], rng.normal(size=(200, 8))])
+    assert linear_cka(x, y) < linear_cka(x, partial) < 1.0
+    with pytest.raises(ValueError, match="same n|one n"):
+        linear_cka(x, y[:100])
+
+
+def common_args(tiny: dict, out: Path) -> list:
+    return [
+        "--data",
+        tiny["store"],
+        "--budget-minutes",
+        0.05,
+        "--config",
+        tiny["config"],
+        "--out",
+        out,
+    ]
+
+
+@pytest.mark.slow
+def test_representations_recipe(tmp_path, tiny):
+    """Two levels, two seeds: CKA of every pair of backbones, the seed-to-seed reference."""
+    out = tmp_path / "out"
+    proc = run_mftrain("study", "representations", *common_args(tiny, out), "--n-test", 6)
+    numbers = json.loads((out / "results.json").read_text())
+    names = [f"single_{LOW}", f"single_{HIGH}", "multihead"]
+    assert list(numbers["cka"]) == names
+    for a in names:
+        assert numbers["cka"][a][a] == pytest.approx(1.0)
+        assert 0.0 < numbers["cka_seed_to_seed"][a] <= 1.0 + 1e-9
+        for b in names:
+            assert numbers["cka"][a][b] == pytest.approx(numbers["cka"][b][a])
+    assert set(numbers["scores"]["multihead"]["0"]) >= {LOW, HIGH}
+    assert (out / "figures" / "cka.png").stat().st_size > 5000
+    assert "figures/cka.png" in (out / "report.md").read_text()
+    assert proc.stdout.splitlines()[-4].split()[0] == "CKA"
+
+
+@pytest.mark.slow
+def test_pretrain_finetune_recipe(tmp_path, tiny):
+    """Pre-training once, then scratch and four fine-tuning variants at two sizes; the fine-tuned
+    runs start from the pre-trained checkpoint."""
+    out = tmp_path / "out"
+    args = ["--pretrain", LOW, "--finetune", HIGH, "--sizes", "4,8", "--pretrain-minutes", 0.05]
+    run_mftrain("study", "pretrain-finetune", *common_args(tiny, out), *args, "--n-test", 6)
+    numbers = json.loads((out / "results.json").read_text())
+    models = ["scratch", "finetune_full", "finetune_frozen", "finetune_discriminative"]
+    for name in [*models, "finetune_energy_only"]:
+        for n in ("4", "8"):
+            assert math.isfinite(numbers[name][n]["forces_mae"]), (name, n)
+    pretrained = out / "runs" / "seed-0" / f"pretrain-{LOW}" / "best.ckpt"
+    stages = json.loads(
+        (out / "runs" / "seed-0" / "n8" / "finetune_frozen" / "stages.json").read_text()
+    )
+    assert Path(stages["pretrain"]["from_checkpoint"]) == pretrained
+    assert (out / "figures" / "learning_curves.png").stat().st_size > 5000
+
+
+@pytest.mark.slow
+def test_multihead_vs_finetune_recipe(tmp_path, tiny):
+    out = tmp_path / "out"
+    run_mftrain("study", "multihead-vs-finetune", *common_args(tiny, out), "--n-test", 6)
+    numbers = json.loads((out / "results.json").read_text())
+    assert set(numbers["multihead"]) == {LOW, HIGH}, "scored on every level"
+    assert set(numbers[f"single_{LOW}"]) == {LOW}
+    assert set(numbers[f"finetune_{HIGH}"]) == {HIGH}, f"pre-trained on {LOW}, the larger level"
+    for name in ("multihead", f"single_{HIGH}", f"finetune_{HIGH}"):
+        assert math.isfinite(numbers[name][HIGH]["forces_mae"]), name
