@@ -9,8 +9,16 @@ import tempfile
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+# The suite (and CI) replays the same fuzz examples every run, so a run's verdict does not depend
+# on chance; `pytest --hypothesis-profile=explore` draws new ones (that is how fuzzing finds bugs).
+settings.register_profile("default", derandomize=True)
+settings.register_profile("explore", derandomize=False)
+settings.load_profile("default")
 
 
 def pytest_configure(config: pytest.Config) -> None:

@@ -279,6 +279,14 @@ def _frames_to_structures(
     if no_cell.any():
         i = int(np.flatnonzero(no_cell)[0])
         raise InvalidDataError(f"{path}: record {record[i]}: periodic but has no cell")
+    numbers = np.concatenate([a.numbers for a in frames])
+    # checked first: ASE's formula fails on them, and the uint8 cast would turn 257 into 1
+    bad = np.flatnonzero((numbers < 1) | (numbers > 118))
+    if len(bad):
+        i = int(np.searchsorted(np.cumsum(n_atoms), bad[0], side="right"))
+        raise InvalidDataError(
+            f"{path}: record {record[i]}: atomic number {numbers[bad[0]]} is not an element"
+        )
     group_values = [
         str(a.info.get(group_key)) if group_key else a.get_chemical_formula() for a in frames
     ]
@@ -291,14 +299,6 @@ def _frames_to_structures(
             multiplicity[i] = _integer(atoms.info.get("multiplicity", 0), "multiplicity")
         except ValueError as exc:
             raise InvalidDataError(f"{path}: record {record[i]}: {exc}") from exc
-    numbers = np.concatenate([a.numbers for a in frames])
-    # checked before the cast to uint8, where 257 (from a damaged database) would become 1
-    bad = np.flatnonzero((numbers < 1) | (numbers > 118))
-    if len(bad):
-        i = int(np.searchsorted(np.cumsum(n_atoms), bad[0], side="right"))
-        raise InvalidDataError(
-            f"{path}: record {record[i]}: atomic number {numbers[bad[0]]} is not an element"
-        )
     structures = Structures(
         numbers=numbers.astype(np.uint8),
         positions=np.concatenate([a.positions for a in frames]),
