@@ -177,12 +177,8 @@ def study_low_forces(
 ) -> None:
     """energy_only, multi_fidelity(_delta), energy_forces and the low-level forces themselves,
     scored on the high level's forces and energies of held-out structures."""
-    from mftrain.study_low_forces import (
-        LowForcesArgs,
-        default_store,
-        format_comparison,
-        run_study,
-    )
+    from mftrain.study import default_store
+    from mftrain.study_low_forces import LowForcesArgs, format_comparison, run_study
 
     args = LowForcesArgs(
         data=data or default_store(),
@@ -200,8 +196,7 @@ def study_low_forces(
     summary = run_study(args, echo=typer.echo)
     if json_out is not None:
         json_out.write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
-    typer.echo(f"report: {out / 'report.md'}; numbers: {out / 'results.json'}")
-    typer.echo(format_comparison(summary))
+    _show_study(out, format_comparison(summary))
 
 
 @study_app.command("representations")
@@ -229,7 +224,7 @@ def study_representations(
 ) -> None:
     """Linear CKA between the backbones of single-level models and a multi-head model, on the
     same held-out structures."""
-    from mftrain.study_low_forces import default_store
+    from mftrain.study import default_store
     from mftrain.study_representations import RepresentationsArgs, format_cka, run_study
 
     args = RepresentationsArgs(
@@ -243,8 +238,12 @@ def study_representations(
         jobs=jobs,
     )
     summary = run_study(args, echo=typer.echo)
+    _show_study(out, format_cka(summary))
+
+
+def _show_study(out: Path, table: str) -> None:
     typer.echo(f"report: {out / 'report.md'}; numbers: {out / 'results.json'}")
-    typer.echo(format_cka(summary))
+    typer.echo(table)
 
 
 def _levels_option(text: str | None) -> list[str] | None:
@@ -281,7 +280,7 @@ def study_pretrain_finetune(
 ) -> None:
     """From scratch against pre-trained and fine-tuned (full, frozen backbone, discriminative
     learning rates, energies only) at several fine-tuning set sizes: learning curves."""
-    from mftrain.study_low_forces import default_store
+    from mftrain.study import default_store
     from mftrain.study_transfer import (
         PretrainFinetuneArgs,
         format_learning_curves,
@@ -306,8 +305,7 @@ def study_pretrain_finetune(
         jobs=jobs,
     )
     summary = pretrain_finetune(args, echo=typer.echo)
-    typer.echo(f"report: {out / 'report.md'}; numbers: {out / 'results.json'}")
-    typer.echo(format_learning_curves(summary))
+    _show_study(out, format_learning_curves(summary))
 
 
 @study_app.command("multihead-vs-finetune")
@@ -339,7 +337,7 @@ def study_multihead_vs_finetune(
 ) -> None:
     """Single-level models, one multi-head model and pre-trained/fine-tuned models, each scored
     on every level it has a head for."""
-    from mftrain.study_low_forces import default_store
+    from mftrain.study import default_store
     from mftrain.study_transfer import (
         MultiheadVsFinetuneArgs,
         format_every_level,
@@ -358,8 +356,7 @@ def study_multihead_vs_finetune(
         jobs=jobs,
     )
     summary = multihead_vs_finetune(args, echo=typer.echo)
-    typer.echo(f"report: {out / 'report.md'}; numbers: {out / 'results.json'}")
-    typer.echo(format_every_level(summary))
+    _show_study(out, format_every_level(summary))
 
 
 def main() -> None:

@@ -32,7 +32,6 @@ the checkpoint's own weights replace every weight. Checkpoints are pickles: trus
 from __future__ import annotations
 
 import csv
-import hashlib
 import json
 import re
 from collections.abc import Callable, Mapping
@@ -42,6 +41,7 @@ from typing import Any
 
 from mfdata.levels import UnknownLevelError, resolve_level
 from mfdata.sampler import LevelMixing
+from mfdata.store.store import file_sha256
 from mftrain.config import ConfigError, ModelConfig, TrainConfig, UnfreezeLast, validate_config
 from mftrain.strategies import Plan
 
@@ -53,14 +53,6 @@ MONITOR = "val0_epoch/weighted_sum"
 _SOURCE_STRATEGIES = ("single", "multihead", *STAGE_STRATEGY)
 _HEAD_KEY = re.compile(r"^(?P<prefix>.*\.energy_heads\.heads\.)(?P<head>[^.]+)\.(?P<rest>.+)$")
 _LAYER = re.compile(r"(?:^|\.)layer(\d+)_convnet\.")
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 # --------------------------------------------------------------------------- the source
@@ -105,7 +97,7 @@ def read_source(path: str | Path, field: str = "finetune.from_checkpoint") -> So
     )
     return Source(
         path=path,
-        sha256=_sha256(path),
+        sha256=file_sha256(path),
         strategy=strategy,
         levels=list(hparams["model"]["levels"]),
         type_names=list(hparams["model"]["type_names"]),
@@ -364,7 +356,7 @@ def _source_model(path: str, sha256: str):
     file = Path(path)
     if not file.is_file():
         raise ValueError(f"{file}: the checkpoint this model is fine-tuned from is missing")
-    if _sha256(file) != sha256:
+    if file_sha256(file) != sha256:
         raise ValueError(f"{file}: changed since the fine-tuning run started (sha256 differs)")
     model = ModelFromCheckpoint(str(file))
     return model["sole_model"] if hasattr(model, "keys") else model
@@ -554,7 +546,7 @@ def stage_summary(run: Path) -> dict[str, Any]:
         "levels": levels,
         "steps": int(last["global_step"]),
         "best_checkpoint": str(best),
-        "best_checkpoint_sha256": _sha256(best),
+        "best_checkpoint_sha256": file_sha256(best),
         "last_checkpoint": str(run / "last.ckpt"),
         "validation": {
             "final": _validation(rows[-1], levels) if rows else None,
@@ -577,7 +569,7 @@ def _write_summary(out: Path, summary: dict[str, Any]) -> None:
 
 def _finished_pretraining(summary: dict[str, Any], best: Path) -> bool:
     done = summary.get("pretrain") or {}
-    return best.is_file() and done.get("best_checkpoint_sha256") == _sha256(best)
+    return best.is_file() and done.get("best_checkpoint_sha256") == file_sha256(best)
 
 
 def fit_stages(config: TrainConfig, echo: Echo = print) -> Path:

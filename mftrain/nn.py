@@ -81,6 +81,26 @@ class HeadIndex(GraphModuleMixin, torch.nn.Module):
         return data
 
 
+def energy_readout(
+    hidden_layers_depth: int,
+    hidden_layers_width: int | None,
+    nonlinearity: str | None,
+    irreps_in,
+) -> ScalarMLP:
+    """nequip's per-atom energy readout: an MLP from the node features' scalars, no bias."""
+    return ScalarMLP(
+        output_dim=1,
+        hidden_layers_depth=hidden_layers_depth,
+        hidden_layers_width=hidden_layers_width,
+        nonlinearity=nonlinearity,
+        bias=False,
+        forward_weight_init=True,
+        field=AtomicDataDict.NODE_FEATURES_KEY,
+        out_field=AtomicDataDict.PER_ATOM_ENERGY_KEY,
+        irreps_in=irreps_in,
+    )
+
+
 def energy_head(
     type_names: list[str],
     scales,
@@ -99,16 +119,11 @@ def energy_head(
     """
     modules = {}
     if readout:
-        modules["per_atom_energy_readout"] = ScalarMLP(
-            output_dim=1,
-            hidden_layers_depth=readout_hidden_layers_depth,
-            hidden_layers_width=readout_hidden_layers_width,
-            nonlinearity=readout_nonlinearity,
-            bias=False,
-            forward_weight_init=True,
-            field=AtomicDataDict.NODE_FEATURES_KEY,
-            out_field=AtomicDataDict.PER_ATOM_ENERGY_KEY,
-            irreps_in=irreps_in,
+        modules["per_atom_energy_readout"] = energy_readout(
+            readout_hidden_layers_depth,
+            readout_hidden_layers_width,
+            readout_nonlinearity,
+            irreps_in,
         )
         irreps_in = modules["per_atom_energy_readout"].irreps_out
     modules["per_type_energy_scale_shift"] = PerTypeScaleShift(
@@ -195,16 +210,11 @@ class MultiHeadEnergy(GraphModuleMixin, torch.nn.Module):
         self.detach_base = bool(detach_base)
         self.readout = None
         if shared_readout:
-            self.readout = ScalarMLP(
-                output_dim=1,
-                hidden_layers_depth=readout_hidden_layers_depth,
-                hidden_layers_width=readout_hidden_layers_width,
-                nonlinearity=readout_nonlinearity,
-                bias=False,
-                forward_weight_init=True,
-                field=AtomicDataDict.NODE_FEATURES_KEY,
-                out_field=AtomicDataDict.PER_ATOM_ENERGY_KEY,
-                irreps_in=irreps_in,
+            self.readout = energy_readout(
+                readout_hidden_layers_depth,
+                readout_hidden_layers_width,
+                readout_nonlinearity,
+                irreps_in,
             )
         self.heads = torch.nn.ModuleDict(
             {

@@ -72,6 +72,13 @@ STUDY_DEFAULTS = {
 }
 
 
+def default_store() -> str:
+    """The bundled methanol store (a writable copy): every study's data when none is given."""
+    from mfdata.examples import bundled_store
+
+    return str(bundled_store())
+
+
 def base_config(path: str | None) -> TrainConfig:
     """The settings every model of a study shares: ``--config``, or :data:`STUDY_DEFAULTS`."""
     from mftrain.config import load_config, with_overrides

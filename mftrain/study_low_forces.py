@@ -219,14 +219,6 @@ def _check_levels(store: Store, low: str, high: str) -> None:
             )
 
 
-def default_store() -> str:
-    try:
-        from mfdata.examples import bundled_store
-    except ImportError:
-        raise ConfigError("no --data given, and this mfkit has no bundled dataset") from None
-    return str(bundled_store())
-
-
 def run_study(args: LowForcesArgs, echo: Echo = print) -> dict:
     """Build the study stores, train and score every model for every seed, write the JSON
     (``OUT/results.json``) and the report (``OUT/report.md`` and its PNGs); returns the JSON."""

@@ -17,6 +17,16 @@ def _pyplot():
     return plt
 
 
+def _save(plt, fig, path: Path, title: str | None) -> Path:
+    """Title (when the panels have none of their own), write and close a figure."""
+    if title is not None:
+        fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def bar_chart(
     path: Path,
     names: Sequence[str],
@@ -53,11 +63,7 @@ def bar_chart(
         ax.set_xticks(x, names, rotation=25, ha="right")
         ax.set_ylabel(label)
         ax.grid(axis="y", alpha=0.3)
-    fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path, title)
 
 
 def parity_grid(
@@ -93,11 +99,7 @@ def parity_grid(
             ax.tick_params(labelsize=7)
             ax.xaxis.set_major_locator(MaxNLocator(4))
             ax.yaxis.set_major_locator(MaxNLocator(4))
-    fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path, title)
 
 
 def curves(
@@ -126,11 +128,7 @@ def curves(
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
-    fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path, title)
 
 
 def heatmap(path: Path, names: Sequence[str], matrix: np.ndarray, title: str) -> Path:
@@ -147,10 +145,7 @@ def heatmap(path: Path, names: Sequence[str], matrix: np.ndarray, title: str) ->
             ax.text(j, i, f"{matrix[i, j]:.2f}", ha="center", va="center", color=color)
     fig.colorbar(image, ax=ax, fraction=0.046)
     ax.set_title(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path, None)
 
 
 def learning_curves_by_size(
@@ -184,8 +179,4 @@ def learning_curves_by_size(
         ax.set_ylabel(label)
         ax.grid(alpha=0.3, which="both")
         ax.legend(fontsize=7)
-    fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path, title)

@@ -21,7 +21,6 @@ starts them, and so who prepares and writes, is :func:`launch_of`'s (docs/distri
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
@@ -38,7 +37,7 @@ from typing import Any
 import yaml
 
 from mfdata.registry import open_store
-from mfdata.store.store import Store, StoreError, mfkit_version
+from mfdata.store.store import Store, StoreError, file_sha256, mfkit_version
 from mftrain.config import ConfigError, TrainConfig, TrainerConfig
 from mftrain.heads import HeadInit, delta_initialisation, head_initialisation
 from mftrain.loss import weight_table
@@ -198,10 +197,6 @@ def average_neighbours(dataset, limit: int = NEIGHBOUR_SAMPLES) -> float:
         edges += int(frame[AtomicDataDict.EDGE_INDEX_KEY].shape[1])
         atoms += int(frame[AtomicDataDict.POSITIONS_KEY].shape[0])
     return max(edges / max(atoms, 1), 1.0)
-
-
-def _sha256(path: str) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 # --------------------------------------------------------------------------- nequip config
@@ -559,7 +554,7 @@ def prepare(config: TrainConfig, echo: Echo = print, modify_stores: bool = True)
             "subset": config.data.subset,
             "per_store": [_split_info(s, config.data.split) for s in stores],
         },
-        "selection": {"path": selection, "sha256": _sha256(selection)} if selection else None,
+        "selection": {"path": selection, "sha256": file_sha256(selection)} if selection else None,
         "levels": levels,
         "type_names": type_names,
         "reference_energies": references.shifts,

@@ -294,13 +294,14 @@ def test_builder_copies_freezes_and_groups(pretrained):
     from nequip.model.utils import override_model_compile_mode
     from nequip.utils.global_state import set_global_state
 
-    from mftrain.finetune import FineTunedNequIPModel, _sha256, parameter_groups
+    from mfdata.store.store import file_sha256
+    from mftrain.finetune import FineTunedNequIPModel, parameter_groups
 
     set_global_state()
     source = state(pretrained)
     shifts = {CCSDT: {"H": -0.5, "C": -38.0, "N": -54.6, "O": -75.0}}
     args = builder_args(pretrained, [CCSDT], shifts, {CCSDT: 0.7})
-    sha = _sha256(pretrained)
+    sha = file_sha256(pretrained)
     model = FineTunedNequIPModel(str(pretrained), sha, {CCSDT: WB97X}, "frozen", **args)
     weights = model.state_dict()
     for name, value in weights.items():
@@ -386,11 +387,11 @@ def test_pretrain_finetune_frozen_backbone(tmp_path, ani):
     ckpt = torch.load(fine / "best.ckpt", map_location="cpu", weights_only=False)
     prov = ckpt["mfkit"]
     assert prov["strategy"] == "pretrain_finetune" and prov["levels"] == [CCSDT]
-    from mftrain.finetune import _sha256
+    from mfdata.store.store import file_sha256
 
     assert prov["finetune"]["source"] == {
         "path": str(pre / "best.ckpt"),
-        "sha256": _sha256(pre / "best.ckpt"),
+        "sha256": file_sha256(pre / "best.ckpt"),
         "strategy": "single",
         "levels": [WB97X],
         "global_step": torch.load(pre / "best.ckpt", weights_only=False)["global_step"],
