@@ -15,16 +15,17 @@ from ase import Atoms
 from ase.calculators.calculator import Calculator, all_changes
 from ase.units import Bohr, Hartree
 
+from mfdata.errors import MfkitError
 from mfdata.schema import ComputeRecipe
 
 PACKAGES = {"tblite": "tblite", "pyscf": "pyscf"}  # program -> distribution that provides it
 
 
-class CalculationError(RuntimeError):
+class CalculationError(MfkitError, RuntimeError):
     """A calculation that did not converge or failed inside the program."""
 
 
-class MissingProgramError(ImportError):
+class MissingProgramError(MfkitError, ImportError):
     """The program a recipe needs is not installed."""
 
 

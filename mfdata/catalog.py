@@ -18,6 +18,7 @@ import yaml
 from ase.data import chemical_symbols
 from pydantic import ValidationError
 
+from mfdata.errors import MfkitError
 from mfdata.levels import UnknownLevelError, registry, resolve_level
 from mfdata.resources import catalog_dir
 from mfdata.schema import UNKNOWN, CatalogEntry, label_kind
@@ -26,7 +27,7 @@ from mfdata.schema import UNKNOWN, CatalogEntry, label_kind
 NOT_ENTRIES = frozenset({"levels.yaml"})
 
 
-class CatalogError(ValueError):
+class CatalogError(MfkitError, ValueError):
     """A catalog file that fails its schema, or a dataset name the catalog does not have."""
 
 

@@ -10,11 +10,12 @@ from functools import cache
 
 import yaml
 
+from mfdata.errors import MfkitError
 from mfdata.resources import catalog_file
 from mfdata.schema import LevelOfTheory, LevelRegistry
 
 
-class UnknownLevelError(KeyError):
+class UnknownLevelError(MfkitError, KeyError):
     """A level name that is neither an id nor an alias in the registry."""
 
     def __str__(self) -> str:

@@ -14,6 +14,7 @@ from typing import NoReturn
 
 import numpy as np
 
+from mfdata.errors import MfkitError
 from mfdata.schema import LABEL_KINDS
 
 LabelKey = tuple[str, str]  # (level id, label kind)
@@ -21,7 +22,7 @@ LabelKey = tuple[str, str]  # (level id, label kind)
 DEFAULT_GEOMETRY_TOLERANCE = 1e-4  # Å
 
 
-class InvalidDataError(ValueError):
+class InvalidDataError(MfkitError, ValueError):
     """Bad input: the message names the file, the record and what is wrong."""
 
 

@@ -13,6 +13,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from mfdata.errors import MfkitError
 from mfdata.units import CANONICAL_UNITS
 
 FORMAT_VERSION = "1.0"
@@ -268,7 +269,7 @@ class DatasetManifest(_Model):
         return levels
 
 
-class FormatVersionError(ValueError):
+class FormatVersionError(MfkitError, ValueError):
     """A store written by a newer major format version than this mfkit understands."""
 
 

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 
 from ase import units as ase_units
 
+from mfdata.errors import MfkitError
+
 ENERGY_UNITS: dict[str, float] = {
     "ev": 1.0,
     "mev": 1e-3,
@@ -59,7 +61,7 @@ CANONICAL_UNITS: dict[str, str] = {
 _PRESSURE_UNITS: dict[str, float] = {"gpa": ase_units.GPa, "kbar": 0.1 * ase_units.GPa}
 
 
-class UnitError(ValueError):
+class UnitError(MfkitError, ValueError):
     """A unit string that is not known, or that measures another quantity."""
 
 

@@ -24,13 +24,14 @@ from pydantic import (
     model_validator,
 )
 
+from mfdata.errors import MfkitError
 from mfdata.sampler import LevelMixing
 
 SCHEMA_FILE = "mftrain-config.schema.json"
 LabelName = Literal["energy", "forces", "stress"]
 
 
-class ConfigError(ValueError):
+class ConfigError(MfkitError, ValueError):
     """A training configuration that cannot be used (a user error, reported in one line)."""
 
 

@@ -23,6 +23,7 @@ import numpy as np
 from ase.data import chemical_symbols
 from pydantic import ValidationError
 
+from mfdata.errors import MfkitError
 from mfdata.index import StructureIndex
 from mfdata.levels import registry
 from mfdata.linking import geometry_hash
@@ -52,7 +53,7 @@ PARTIAL_MARK = ".partial-"  # in the name of a store being written: never a stor
 _PARTIAL_NAME = re.compile(r"^\..+\.partial-[0-9a-f]{8}$")  # what atomic_directory makes
 
 
-class StoreError(ValueError):
+class StoreError(MfkitError, ValueError):
     """A path that is not a valid store, or a store that fails verification."""
 
 
