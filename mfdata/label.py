@@ -39,12 +39,13 @@ from ase.calculators.calculator import all_changes
 from tqdm import tqdm
 
 from mfdata.calculators import CalculationError, calculator, program_version
+from mfdata.files import file_sha256
 from mfdata.levels import registry, resolve_level
 from mfdata.readers import detect_format, read_ase
 from mfdata.records import InvalidDataError, Label, Source, validate
 from mfdata.registry import check_name_free, open_store, register
 from mfdata.schema import ComputeRecipe, DatasetManifest, LabellingRun, LevelOfTheory
-from mfdata.store.store import file_sha256, store_as_source, write_store
+from mfdata.store.store import store_as_source, write_store
 
 JOURNAL_SUFFIX = ".journal.jsonl"
 JOURNAL_IN_STORE = "labelling-journal.jsonl"

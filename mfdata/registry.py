@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import json
 import os
-import uuid
 from pathlib import Path
 
+from mfdata.files import atomic_write_text
 from mfdata.store.store import Store, StoreError
 
 
@@ -45,9 +45,7 @@ def register(name: str, path: str | Path) -> None:
     stores[name] = str(Path(path).resolve())
     file = _registry_file()
     file.parent.mkdir(parents=True, exist_ok=True)
-    tmp = file.with_name(f".{file.name}.{uuid.uuid4().hex[:8]}")
-    tmp.write_text(json.dumps(stores, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-    os.replace(tmp, file)
+    atomic_write_text(file, json.dumps(stores, indent=2, sort_keys=True) + "\n")
 
 
 def check_name_free(name: str, path: str | Path) -> None:

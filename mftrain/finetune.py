@@ -39,9 +39,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from mfdata.files import file_sha256
 from mfdata.levels import UnknownLevelError, resolve_level
 from mfdata.sampler import LevelMixing
-from mfdata.store.store import file_sha256
 from mftrain.config import ConfigError, ModelConfig, TrainConfig, UnfreezeLast, validate_config
 from mftrain.strategies import Plan
 

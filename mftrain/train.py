@@ -36,8 +36,9 @@ from typing import Any
 
 import yaml
 
+from mfdata.files import file_sha256
 from mfdata.registry import open_store
-from mfdata.store.store import Store, StoreError, file_sha256, mfkit_version
+from mfdata.store.store import Store, StoreError, mfkit_version
 from mftrain.config import ConfigError, TrainConfig, TrainerConfig
 from mftrain.heads import HeadInit, delta_initialisation, head_initialisation
 from mftrain.loss import weight_table

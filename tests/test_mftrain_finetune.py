@@ -294,7 +294,7 @@ def test_builder_copies_freezes_and_groups(pretrained):
     from nequip.model.utils import override_model_compile_mode
     from nequip.utils.global_state import set_global_state
 
-    from mfdata.store.store import file_sha256
+    from mfdata.files import file_sha256
     from mftrain.finetune import FineTunedNequIPModel, parameter_groups
 
     set_global_state()
@@ -387,7 +387,7 @@ def test_pretrain_finetune_frozen_backbone(tmp_path, ani):
     ckpt = torch.load(fine / "best.ckpt", map_location="cpu", weights_only=False)
     prov = ckpt["mfkit"]
     assert prov["strategy"] == "pretrain_finetune" and prov["levels"] == [CCSDT]
-    from mfdata.store.store import file_sha256
+    from mfdata.files import file_sha256
 
     assert prov["finetune"]["source"] == {
         "path": str(pre / "best.ckpt"),

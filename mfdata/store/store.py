@@ -8,7 +8,6 @@ target path, and a directory without a complete manifest is never accepted as a 
 from __future__ import annotations
 
 import datetime
-import hashlib
 import json
 import os
 import re
@@ -24,6 +23,7 @@ from ase.data import chemical_symbols
 from pydantic import ValidationError
 
 from mfdata.errors import MfkitError
+from mfdata.files import atomic_write_text, file_sha256
 from mfdata.index import StructureIndex
 from mfdata.levels import registry
 from mfdata.linking import geometry_hash
@@ -62,14 +62,6 @@ def mfkit_version() -> str:
         return version("mfkit")
     except PackageNotFoundError:
         return "unknown"
-
-
-def file_sha256(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 @contextmanager
@@ -190,10 +182,8 @@ def write_store(
 
 
 def write_manifest(directory: Path, manifest: DatasetManifest) -> None:
-    """Replace ``manifest.json`` atomically (write a sibling, then rename over)."""
-    tmp = directory / f".{MANIFEST}.{uuid.uuid4().hex[:8]}"
-    tmp.write_text(manifest.model_dump_json(indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, directory / MANIFEST)
+    """Replace ``manifest.json`` atomically."""
+    atomic_write_text(directory / MANIFEST, manifest.model_dump_json(indent=2) + "\n")
 
 
 def store_as_source(store: Store) -> Source:

@@ -1,0 +1,52 @@
+"""Small file operations every writer shares: checksums and atomic replacement of a file.
+
+A file written with :func:`atomic_write_text` or :func:`atomic_file` is either the old file or
+the complete new one, never a mixture: the content goes to a temporary sibling with a random name,
+created exclusively (``O_EXCL``, so a file or symlink planted there is never followed), is flushed
+to disk, and is renamed over the target.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+
+def file_sha256(path: str | Path) -> str:
+    """The hex sha256 of a file's bytes, read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+@contextmanager
+def atomic_file(target: str | Path) -> Iterator[Path]:
+    """A fresh temporary path beside ``target`` that replaces it when the block succeeds.
+
+    The temporary file exists (empty) when the block starts; on an exception it is removed and
+    ``target`` is untouched.
+    """
+    target = Path(target)
+    fd, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".partial", dir=target.parent)
+    os.close(fd)
+    tmp = Path(name)
+    try:
+        yield tmp
+        with open(tmp, "rb+") as handle:
+            os.fsync(handle.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_text(target: str | Path, text: str) -> None:
+    """Replace ``target`` with ``text`` (UTF-8) atomically."""
+    with atomic_file(target) as tmp:
+        tmp.write_text(text, encoding="utf-8")
