@@ -51,11 +51,9 @@ class MultiFidelityCalculator(NequIPCalculator):
         from nequip.nn import graph_model
         from nequip.utils.global_state import set_global_state
 
-        from mftrain.evaluate import checkpoint_info
-        from mftrain.export import head_level
+        from mftrain.checkpoint import read_checkpoint
 
-        info = checkpoint_info(path)
-        level = head_level(path, info, head)
+        level = read_checkpoint(path).head(head)
         set_global_state()
         model = load_saved_model(str(path))
         modify(model, [{"modifier": "select_head", "level": level}])

@@ -9,8 +9,7 @@ from typing import Annotated
 
 import typer
 
-from mfdata.levels import UnknownLevelError
-from mfdata.store.store import StoreError
+from mfdata.errors import MfkitError
 from mftrain.config import ConfigError
 
 app = typer.Typer(
@@ -20,14 +19,8 @@ app = typer.Typer(
     add_completion=False,
 )
 
-USER_ERRORS = (
-    ConfigError,
-    StoreError,
-    UnknownLevelError,
-    FileExistsError,
-    FileNotFoundError,
-    ValueError,
-)
+# errors a user can act on: one line and exit status 2; anything else is a bug (a traceback)
+USER_ERRORS = (MfkitError, FileExistsError, FileNotFoundError, IsADirectoryError)
 
 
 @app.command()
@@ -71,7 +64,7 @@ def fit(
         overrides["out"] = str(out)
     settings = with_overrides(load_config(config), overrides)  # a bad config fails here, fast
 
-    from mftrain.train import fit as run_fit
+    from mftrain.fit import fit as run_fit
 
     run_fit(settings, echo=typer.echo)
 

@@ -12,16 +12,15 @@ Checkpoints are pickle-based nequip/Lightning files: load only trusted ones.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from mfdata.progress import Echo
 from mfdata.registry import open_store
 from mfdata.store.store import StoreError
-
-Echo = Callable[[str], None]
+from mftrain.checkpoint import read_checkpoint
 
 
 @dataclass
@@ -31,29 +30,6 @@ class EvalResult:
     levels: list[str]
     metrics: dict[str, dict]
     parity: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]] = field(default_factory=dict)
-
-
-def checkpoint_info(path: str | Path) -> dict:
-    """Head order (and delta bases), type names, cutoff and dtype of an mftrain checkpoint (a
-    trusted file)."""
-    import torch
-
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such checkpoint")
-    ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    hparams = ckpt.get("hyper_parameters", {})
-    model = hparams.get("model", {})
-    if "levels" not in model:
-        raise StoreError(f"{path}: not a checkpoint of an mftrain model (no head levels)")
-    return {
-        "levels": list(model["levels"]),
-        "bases": dict(model.get("bases") or {}),
-        "type_names": list(model["type_names"]),
-        "r_max": float(model["r_max"]),
-        "model_dtype": model.get("model_dtype", "float64"),
-        "provenance": ckpt.get("mfkit", hparams.get("provenance", {})),
-    }
 
 
 def load_model(path: str | Path):
@@ -149,10 +125,10 @@ def evaluate(
 ) -> EvalResult:
     from mfdata.loader import FidelityDataset, frame_transforms
 
-    info = checkpoint_info(ckpt)
+    checkpoint = read_checkpoint(ckpt)
     opened = open_store(store)
     _ensure_packed(opened, echo)
-    levels, type_names = info["levels"], info["type_names"]
+    levels, type_names = checkpoint.levels, checkpoint.type_names
     shared = [level for level in levels if level in opened.levels]
     if not shared:
         raise StoreError(
@@ -165,8 +141,8 @@ def evaluate(
         type_names=type_names,
         split=split,
         labels=("energy", "forces"),
-        dtype=info["model_dtype"],
-        transforms=frame_transforms(info["r_max"], type_names),
+        dtype=checkpoint.model_dtype,
+        transforms=frame_transforms(checkpoint.r_max, type_names),
     )
     model = load_model(ckpt)
     p = predict(model, dataset, batch_size)

@@ -19,7 +19,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from mftrain.evaluate import checkpoint_info
+from mfdata.errors import UsageError
+from mftrain.checkpoint import read_checkpoint
 
 SUFFIX = ".nequip.zip"
 
@@ -46,31 +47,6 @@ def example_frame(type_names: list[str], r_max: float):
     return data
 
 
-def describe_heads(info: dict) -> str:
-    """The checkpoint's heads in order, a delta head with its base: ``a, b (a + Δ)``."""
-    bases = info.get("bases", {})
-    return ", ".join(
-        f"{level} ({bases[level]} + Δ)" if level in bases else level for level in info["levels"]
-    )
-
-
-def head_level(ckpt: str | Path, info: dict, head: str) -> str:
-    """The level id of head ``head`` (an id or an alias); ValueError naming the heads if none."""
-    from mfdata.levels import UnknownLevelError, resolve_level
-
-    if head in info["levels"]:
-        return head
-    try:
-        level = resolve_level(head).id
-    except UnknownLevelError:
-        level = None
-    if level not in info["levels"]:
-        raise ValueError(
-            f"{ckpt}: no head {head!r}; the checkpoint's heads are {describe_heads(info)}"
-        )
-    return level
-
-
 def export_head(ckpt: str | Path, level: str, out: str | Path) -> Path:
     """Write head ``level`` of checkpoint ``ckpt`` as a nequip package at ``out``.
 
@@ -79,10 +55,10 @@ def export_head(ckpt: str | Path, level: str, out: str | Path) -> Path:
     ``.nequip.zip``).
     """
     ckpt, out = Path(ckpt), Path(out)
-    info = checkpoint_info(ckpt)
-    level = head_level(ckpt, info, level)
+    checkpoint = read_checkpoint(ckpt)
+    level = checkpoint.head(level)
     if not out.name.endswith(SUFFIX):
-        raise ValueError(f"{out}: a nequip package file name must end in {SUFFIX}")
+        raise UsageError(f"{out}: a nequip package file name must end in {SUFFIX}")
     if out.exists():
         raise FileExistsError(f"{out} exists; not overwriting it")
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -101,11 +77,9 @@ def export_head(ckpt: str | Path, level: str, out: str | Path) -> Path:
     from nequip.utils.versions.version_utils import get_version_safe
     from omegaconf import OmegaConf
 
-    checkpoint = torch.load(ckpt, map_location="cpu", weights_only=False)
-    config = dict(checkpoint["hyper_parameters"]["info_dict"])
+    config = dict(checkpoint.nequip_config)
     config.pop("versions", None)
     config = OmegaConf.to_yaml(config)
-    del checkpoint
 
     set_workflow_state("package")
     tmp = out.with_name(out.name + ".part")
@@ -134,7 +108,7 @@ def export_head(ckpt: str | Path, level: str, out: str | Path) -> Path:
             exp.save_pickle(
                 "model",
                 "example_data.pkl",
-                example_frame(type_names, info["r_max"]),
+                example_frame(type_names, checkpoint.r_max),
                 dependencies=True,
             )
             exp.save_text("model", "config.yaml", config)

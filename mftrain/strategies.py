@@ -12,7 +12,7 @@ are mixed, and the loss weights per level. ``mftrain.train`` builds the nequip r
 - ``fidelity_embedding``: one readout shared by every level, the level given to the backbone as
   an embedded input (nequip's ``categorical_graph_field_embed``); per-level shifts and scales.
 
-- ``pretrain_finetune`` and ``multihead_finetune`` run in two stages (``mftrain.finetune``): an
+- ``pretrain_finetune`` and ``multihead_finetune`` run in two stages (``mftrain.stages``): an
   ordinary ``single`` or ``multihead`` run pre-trains, and their plan here is the fine-tuning
   run's: its heads, replay mixing and loss weights, and the model it starts from (a model builder
   that loads the pre-trained checkpoint, fixed type names, optimizer parameter groups).
@@ -21,32 +21,13 @@ are mixed, and the loss weights per level. ``mftrain.train`` builds the nequip r
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any
 
 from mfdata.levels import UnknownLevelError, resolve_level
 from mfdata.sampler import LevelMixing
 from mftrain.config import ConfigError, FidelityEmbeddingConfig, TrainConfig
-
-
-@dataclass
-class Plan:
-    """What a strategy decided: heads in order, mixing, and per-level loss weight overrides."""
-
-    strategy: str
-    levels: list[str]
-    mixing: LevelMixing
-    level_coeffs: dict[str, dict[str, float]] = field(default_factory=dict)
-    notes: list[str] = field(default_factory=list)
-    bases: dict[str, str] = field(default_factory=dict)  # delta level -> base level (ids)
-    model_args: dict[str, Any] = field(default_factory=dict)  # more MultiHeadNequIPModel args
-    # a run that starts from a trained model (fine-tuning): its builder (which takes the
-    # MultiHeadNequIPModel arguments and more), its type names (not the stores' elements), the
-    # optimizer's parameter groups (a nequip `param_groups` factory) and provenance to add
-    model_target: str = "mftrain.model.MultiHeadNequIPModel"
-    type_names: list[str] | None = None
-    param_groups: dict[str, Any] | None = None
-    provenance: dict[str, Any] = field(default_factory=dict)
+from mftrain.finetune_plan import finetuning_plan
+from mftrain.nn import delta_order
+from mftrain.plan import Plan
 
 
 def _requested_levels(config: TrainConfig, available: list[str]) -> list[str]:
@@ -109,8 +90,6 @@ def multihead(config: TrainConfig, available: list[str]) -> Plan:
 def _delta_bases(config: TrainConfig, levels: list[str], available: list[str]) -> dict[str, str]:
     """``delta.bases`` as level ids, checked: both ends heads with data, no self-reference, no
     cycle."""
-    from mftrain.nn import delta_order  # torch and nequip: imported when needed
-
     bases = {}
     for name, base_name in config.delta.bases.items():
         try:
@@ -162,18 +141,11 @@ def fidelity_embedding(config: TrainConfig, available: list[str]) -> Plan:
     )
 
 
-def finetuning(config: TrainConfig, available: list[str]) -> Plan:
-    """The fine-tuning run of pretrain_finetune or multihead_finetune (``finetune`` section)."""
-    from mftrain.finetune import finetuning_plan  # reads checkpoints: torch, nequip
-
-    return finetuning_plan(config, available)
-
-
 STRATEGIES: dict[str, Callable[[TrainConfig, list[str]], Plan]] = {
     "single": single,
     "multihead": multihead,
-    "pretrain_finetune": finetuning,
-    "multihead_finetune": finetuning,
+    "pretrain_finetune": finetuning_plan,
+    "multihead_finetune": finetuning_plan,
     "delta": delta,
     "fidelity_embedding": fidelity_embedding,
 }

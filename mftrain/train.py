@@ -23,32 +23,36 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import shlex
 import subprocess
 import sys
 import tempfile
 import warnings
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from mfdata.files import file_sha256
+from mfdata.errors import MfkitError
+from mfdata.files import atomic_write_text, file_sha256
+from mfdata.progress import Echo, silent
 from mfdata.registry import open_store
 from mfdata.store.store import Store, StoreError, mfkit_version
+from mftrain.checkpoint import MONITOR, read_checkpoint
 from mftrain.config import ConfigError, TrainConfig, TrainerConfig
 from mftrain.heads import HeadInit, delta_initialisation, head_initialisation
 from mftrain.loss import weight_table
-from mftrain.strategies import Plan, plan
+from mftrain.plan import Plan
+from mftrain.strategies import plan
 
-Echo = Callable[[str], None]
-MONITOR = "val0_epoch/weighted_sum"
 DEFAULT_OUT = "mftrain-run"
 DEFAULT_FRACTIONS = (0.9, 0.05, 0.05)
 NEIGHBOUR_SAMPLES = 256
+
+
+class TrainingError(MfkitError, RuntimeError):
+    """nequip-train, run as a child process, failed (its own output says why)."""
 
 
 @dataclass
@@ -476,10 +480,6 @@ def launch_of(trainer: TrainerConfig) -> Launch:
     return Launch(0, expected)
 
 
-def _silent(message: str) -> None:
-    """What ranks above 0 print."""
-
-
 # --------------------------------------------------------------------------- prepare and run
 
 
@@ -632,22 +632,15 @@ def resume_point(prepared: Prepared) -> Path | None:
     return resume
 
 
-def _write_text(path: Path, text: str) -> None:
-    """Write whole or not at all: other ranks may be reading the previous version."""
-    partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
-    partial.write_text(text, encoding="utf-8")
-    os.replace(partial, path)
-
-
 def write_run(prepared: Prepared) -> Path | None:
     """Write the configs; returns the checkpoint to resume from, if the directory holds one."""
     resume = resume_point(prepared)
     out = prepared.out
     out.mkdir(parents=True, exist_ok=True)
     config = yaml.safe_dump(prepared.config.model_dump(mode="json"), sort_keys=False)
-    _write_text(out / "mftrain.yaml", config)
-    _write_text(out / "config.yaml", yaml.safe_dump(prepared.nequip, sort_keys=False))
-    _write_text(out / "provenance.json", json.dumps(prepared.provenance, indent=2) + "\n")
+    atomic_write_text(out / "mftrain.yaml", config)
+    atomic_write_text(out / "config.yaml", yaml.safe_dump(prepared.nequip, sort_keys=False))
+    atomic_write_text(out / "provenance.json", json.dumps(prepared.provenance, indent=2) + "\n")
     return resume
 
 
@@ -669,7 +662,7 @@ def run_nequip(config_dir: Path, resume: Path | None, launch: Launch | None = No
         command = [sys.executable, "-m", "nequip.scripts.train", *args]
         status = subprocess.run(command).returncode
         if status:
-            raise RuntimeError(f"training failed (exit status {status}): {shlex.join(command)}")
+            raise TrainingError(f"training failed (exit status {status}): {shlex.join(command)}")
         return
 
     from nequip.scripts.train import main as nequip_train
@@ -686,28 +679,6 @@ def run_nequip(config_dir: Path, resume: Path | None, launch: Launch | None = No
         sys.argv = saved
 
 
-def checkpoint_summary(path: Path) -> dict:
-    """Step and best validation loss recorded in a checkpoint (ours: a trusted file)."""
-    import torch
-
-    ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    best = None
-    for key, state in ckpt.get("callbacks", {}).items():
-        if key.startswith("ModelCheckpoint") and MONITOR in key and state.get("best_model_score"):
-            best = float(state["best_model_score"])
-    return {"global_step": int(ckpt["global_step"]), "best_val_loss": best}
-
-
-def fit(config: TrainConfig, echo: Echo = print) -> Path:
-    """Train as ``config`` says; returns the output directory. The fine-tuning strategies run in
-    two stages, each an ordinary run (:func:`mftrain.finetune.fit_stages`); the others in one."""
-    if config.finetune is not None:
-        from mftrain.finetune import fit_stages
-
-        return fit_stages(config, echo)
-    return fit_run(config, echo)
-
-
 def fit_run(config: TrainConfig, echo: Echo = print) -> Path:
     """One run: prepare, write and run; returns the output directory.
 
@@ -717,7 +688,7 @@ def fit_run(config: TrainConfig, echo: Echo = print) -> Path:
     """
     launch = launch_of(config.trainer)
     if launch.rank:
-        echo = _silent
+        echo = silent
     prepared = prepare(config, echo, modify_stores=not launch.started_together)
     p = prepared.plan
     mixing = prepared.provenance["mixing"]
@@ -737,23 +708,23 @@ def fit_run(config: TrainConfig, echo: Echo = print) -> Path:
         # the same config, made here: rank 0 may still be writing OUT/config.yaml
         with tempfile.TemporaryDirectory(prefix="mftrain-") as private:
             config_text = yaml.safe_dump(prepared.nequip, sort_keys=False)
-            _write_text(Path(private, "config.yaml"), config_text)
+            atomic_write_text(Path(private, "config.yaml"), config_text)
             run_nequip(Path(private), resume, launch)
         return out
     resume = write_run(prepared)
     if resume is not None:
-        done = checkpoint_summary(resume)["global_step"]
+        done = read_checkpoint(resume).global_step
         echo(f"resuming from {resume} (step {done} of {prepared.config.trainer.max_steps})")
     if launch.world_size > 1:
         starter = f"started by {launch.launcher}" if launch.launcher else "started by Lightning"
         echo(f"DDP over {launch.world_size} processes ({starter}); batches are per process")
     echo(f"configs written to {out} (mftrain.yaml, config.yaml, provenance.json); training ...")
     run_nequip(out, resume, launch)
-    summary = checkpoint_summary(out / "last.ckpt")
-    best = summary["best_val_loss"]
+    last = read_checkpoint(out / "last.ckpt")
+    best = last.best_val_loss
     shown = "n/a" if best is None or math.isnan(best) else f"{best:.6g}"
     echo(
-        f"done: step {summary['global_step']}, best validation loss {shown}; "
+        f"done: step {last.global_step}, best validation loss {shown}; "
         f"{out / 'best.ckpt'} and {out / 'last.ckpt'}"
     )
     return out

@@ -47,23 +47,16 @@ class _MultiFidelityMixin:
         self.provenance = dict(provenance or {})
 
     def training_step(self, batch: AtomicDataDict.Type, batch_idx: int, dataloader_idx: int = 0):
-        target = self.process_target(batch, batch_idx, dataloader_idx)
+        """nequip's training step (its DDP loss scaling included), without the force pass for a
+        batch whose loss has no force or stress term."""
         needs = getattr(self.loss, "needs_derivatives", None)
-        skip = needs is not None and not needs(batch)
-        if skip:
-            previous = set_derivatives(self.model, False)
+        if needs is None or needs(batch):
+            return super().training_step(batch, batch_idx, dataloader_idx)
+        previous = set_derivatives(self.model, False)
         try:
-            output = self(batch)
+            return super().training_step(batch, batch_idx, dataloader_idx)
         finally:
-            if skip:
-                set_derivatives(self.model, previous)
-        if self.train_metrics is not None:
-            with torch.no_grad():
-                self.log_dict(self.train_metrics(output, target, prefix="train_metric_step/"))
-        loss_dict = self.loss(output, target, prefix="train_loss_step/")
-        self.log_dict(loss_dict)
-        # The loss is a per-rank mean; DDP averages gradients over ranks (no world-size factor).
-        return loss_dict["train_loss_step/weighted_sum"]
+            set_derivatives(self.model, previous)
 
     def on_train_epoch_start(self) -> None:
         super().on_train_epoch_start()

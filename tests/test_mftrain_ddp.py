@@ -139,8 +139,10 @@ def test_lightning_started_ranks_train_on_their_shards_and_end_identical(tmp_pat
 @pytest.mark.slow
 def test_torchrun_ranks_take_the_steps_of_one_process_with_both_batches(tmp_path, stores):
     """torchrun starts two ``mftrain fit`` processes (4 acac frames per batch each); only rank 0
-    prints and writes, and with plain SGD the result matches one process with 8 frames a batch:
-    the loss is a per-process mean and DDP averages gradients (frames of equal size here)."""
+    prints and writes, and with plain SGD the result matches one process with 8 frames a batch
+    at twice the learning rate: as in nequip's own training step, each process's loss is its
+    batch mean times the number of processes, and DDP averages the gradients (so the step uses
+    the sum of the per-process means; frames of equal size here)."""
     sections = {"optimizer": {"name": "SGD", "lr": 0.05}}
     config = tiny_config(
         tmp_path / "ddp.yaml",
@@ -167,7 +169,7 @@ def test_torchrun_ranks_take_the_steps_of_one_process_with_both_batches(tmp_path
         [stores["acac"]],
         data={"batch_size": 8},
         trainer={"max_steps": 10},
-        **sections,
+        optimizer={"name": "SGD", "lr": 0.05 * WORLD},
     )
     run_mftrain("fit", single, "--out", tmp_path / "one")
     one = final_state(tmp_path / "one")

@@ -56,7 +56,7 @@ def two_stage(path: Path, store: Path, strategy: str, finetune: dict, **sections
 
 
 def fit_in_process(path: Path, out: Path) -> Path:
-    from mftrain.train import fit
+    from mftrain.fit import fit
 
     config = load_config(path).model_copy(update={"out": str(out)})
     return fit(config, echo=lambda message: None)
