@@ -35,15 +35,17 @@ from typing import Any
 import yaml
 
 from mfdata.errors import MfkitError
-from mfdata.files import atomic_write_text, file_sha256
+from mfdata.files import atomic_write_text
 from mfdata.progress import Echo, silent
 from mfdata.registry import open_store
-from mfdata.store.store import Store, StoreError, mfkit_version
+from mfdata.store.manifest import StoreError
+from mfdata.store.store import Store
 from mftrain.checkpoint import MONITOR, read_checkpoint
 from mftrain.config import ConfigError, TrainConfig, TrainerConfig
 from mftrain.heads import HeadInit, delta_initialisation, head_initialisation
 from mftrain.loss import weight_table
 from mftrain.plan import Plan
+from mftrain.provenance import run_provenance
 from mftrain.strategies import plan
 
 DEFAULT_OUT = "mftrain-run"
@@ -166,7 +168,8 @@ def available_levels(stores: list[Store]) -> list[str]:
 
 
 def _datasets(config: TrainConfig, paths: list[str], levels: list[str], type_names: list[str]):
-    from mfdata.loader import FidelityDataset, frame_transforms
+    from mfdata.loading.lmdb_dataset import FidelityDataset
+    from mfdata.loading.samples import frame_transforms
 
     d = config.data
     common = dict(
@@ -489,10 +492,8 @@ def prepare(config: TrainConfig, echo: Echo = print, modify_stores: bool = True)
     ``modify_stores=False`` refuses stores that still need packing, statistics or the split
     instead of preparing them (processes started together must not all write them).
     """
-    import nequip
-    import torch
 
-    from mfdata.loader import default_type_names
+    from mfdata.loading.samples import default_type_names
 
     out = Path(config.out or DEFAULT_OUT).resolve()
     stores = prepare_stores(config, echo, modify_stores)
@@ -530,69 +531,18 @@ def prepare(config: TrainConfig, echo: Echo = print, modify_stores: bool = True)
     references = head_initialisation(stores, levels, type_names)
     init = delta_initialisation(stores, references, plan_.bases) if plan_.bases else references
     table = weight_table(levels, config.loss.coeffs.model_dump(), plan_.level_coeffs)
-    provenance = {
-        "mfkit_version": mfkit_version(),
-        "nequip_version": nequip.__version__,
-        "torch_version": str(torch.__version__),
-        "strategy": plan_.strategy,
-        "stores": [
-            {
-                "path": str(s.path.resolve()),
-                "name": s.manifest.name,
-                "checksum": s.manifest.checksum,
-                "n_structures": s.manifest.n_structures,
-                "levels": s.levels,
-            }
-            for s in stores
-        ],
-        "split": {
-            "name": config.data.split,
-            "parts": {
-                "train": config.data.train_part,
-                "val": config.data.val_part,
-                "test": config.data.test_part,
-            },
-            "subset": config.data.subset,
-            "per_store": [_split_info(s, config.data.split) for s in stores],
-        },
-        "selection": {"path": selection, "sha256": file_sha256(selection)} if selection else None,
-        "levels": levels,
-        "type_names": type_names,
-        "reference_energies": references.shifts,
-        "reference_methods": references.methods,
-        "energy_scales": references.scales,
-        "head_notes": init.notes,
-        "delta": {
-            "bases": plan_.bases,
-            "detach_base": plan_.model_args["detach_base"],
-            "shifts": {level: init.shifts[level] for level in plan_.bases},
-            "scales": {level: init.scales[level] for level in plan_.bases},
-            "methods": {level: init.methods[level] for level in plan_.bases},
-        }
-        if plan_.bases
-        else None,
-        "mixing": {
-            "config": plan_.mixing.model_dump(mode="json", exclude_none=True),
-            "ratios_epoch0": ratios,
-            "train_samples": sizes,
-            "val_samples": val_sizes,
-        },
-        "loss": {"weights": table, "per_atom_energy": config.loss.per_atom_energy},
-        "avg_num_neighbors": avg,
-        "config": resolved.model_dump(mode="json"),
-        **plan_.provenance,
+    mixing = {
+        "config": plan_.mixing.model_dump(mode="json", exclude_none=True),
+        "ratios_epoch0": ratios,
+        "train_samples": sizes,
+        "val_samples": val_sizes,
     }
-    provenance = json.loads(json.dumps(provenance))  # plain types only, for YAML and checkpoints
+    provenance = run_provenance(
+        resolved, stores, plan_, type_names, references, init, mixing, table, avg
+    )
     nequip_config = build_nequip_config(resolved, out, plan_, type_names, init, avg, provenance)
     _check_model(nequip_config["training_module"]["model"])
     return Prepared(resolved, out, stores, plan_, type_names, init, nequip_config, provenance)
-
-
-def _split_info(store: Store, name: str) -> dict:
-    from mfdata.split import read_split
-
-    info, _, _ = read_split(store, name)
-    return info.model_dump(mode="json")
 
 
 def _fingerprint(nequip_config: dict) -> dict:
