@@ -69,7 +69,7 @@ def make_store(work: Path, n: int, seed: int = 0) -> Path:
 
 
 def transforms(backend: str = "matscipy") -> list:
-    from mfdata.loader import frame_transforms
+    from mfdata.loading.samples import frame_transforms
 
     return frame_transforms(R_MAX, TYPES, backend=backend)
 
@@ -107,7 +107,7 @@ def mfkit_loader(dataset, batch_size: int, workers: int, blocks: bool = False, p
     import torch
     from nequip.data import AtomicDataDict
 
-    from mfdata.loader import FidelityDataLoader
+    from mfdata.loading.datamodule import FidelityDataLoader
     from mfdata.sampler import FidelityBatchSampler
 
     sampler = FidelityBatchSampler(
@@ -279,8 +279,8 @@ def memory_child(store: str, reader: str, batch_size: int, epochs: int) -> None:
     prints RSS figures in MB as JSON."""
     import torch  # noqa: F401  (imports counted in the baseline)
 
-    from mfdata.loader import FidelityDataset
-    from mfdata.zarr_loader import ZarrFidelityDataset
+    from mfdata.loading.lmdb_dataset import FidelityDataset
+    from mfdata.loading.zarr_dataset import ZarrFidelityDataset
 
     mb = 1 / 1024
     before = _status()
@@ -411,8 +411,8 @@ def main() -> None:
     import torch
     import zarr
 
-    from mfdata.loader import FidelityDataset
-    from mfdata.zarr_loader import ZarrFidelityDataset
+    from mfdata.loading.lmdb_dataset import FidelityDataset
+    from mfdata.loading.zarr_dataset import ZarrFidelityDataset
 
     result: dict = {
         "machine": {

@@ -30,7 +30,8 @@ from mfdata.registry import check_name_free, home, open_store, register, registe
 from mfdata.resources import example_file
 from mfdata.schema import QuerySpec, label_kind
 from mfdata.split import make_split
-from mfdata.store.store import Store, StoreError, store_as_source, write_store
+from mfdata.store.manifest import StoreError
+from mfdata.store.store import Store, store_as_source, write_store
 from mfdata.units import UnitError
 
 app = typer.Typer(

@@ -15,10 +15,12 @@ from pathlib import Path
 import numpy as np
 from ase.data import atomic_numbers
 
+from mfdata.errors import UsageError
 from mfdata.index import StructureIndex, elements_mask
 from mfdata.levels import UnknownLevelError, resolve_level
 from mfdata.schema import QuerySpec, SelectedStore, Selection, label_kind
-from mfdata.store.store import Store, StoreError
+from mfdata.store.manifest import StoreError
+from mfdata.store.store import Store
 
 
 def parse_has(items: list[str], stores: list[Store]) -> list[tuple[str, str]]:
@@ -31,7 +33,7 @@ def parse_has(items: list[str], stores: list[Store]) -> list[tuple[str, str]]:
     for item in items:
         level, sep, label = item.rpartition(":")
         if not sep or not level:
-            raise ValueError(f"--has {item!r}: expected LEVEL:LABEL, e.g. ccsd(t)_cbs:energy")
+            raise UsageError(f"--has {item!r}: expected LEVEL:LABEL, e.g. ccsd(t)_cbs:energy")
         label_kind(label)
         try:
             level_id = resolve_level(level, allowed=available).id

@@ -12,7 +12,8 @@ import os
 from pathlib import Path
 
 from mfdata.files import atomic_write_text
-from mfdata.store.store import Store, StoreError
+from mfdata.store.manifest import StoreError
+from mfdata.store.store import Store
 
 
 def home() -> Path:

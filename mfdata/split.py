@@ -9,18 +9,25 @@ learning curves are prefixes of one seeded permutation, so each contains the sma
 
 On disk: ``STORE/splits/NAME/`` is a Zarr v3 group with ``part`` (int8, per structure) and
 ``subset_order`` (int64 indices of the training part), attributes holding the SplitInfo; written
-atomically, outside the checksummed arrays.
+atomically, outside the checksummed arrays. Reading a part (:func:`check_saved`,
+:func:`read_split_group`, :func:`part_indices`) needs only the manifest and the split's group, so
+a store read through fsspec follows the same rules.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import zarr
 
+from mfdata.errors import UsageError
 from mfdata.linking import formula_key
-from mfdata.schema import SplitInfo
-from mfdata.store.store import Store, StoreError, atomic_directory, write_manifest
+from mfdata.schema import DatasetManifest, SplitInfo
+from mfdata.store.manifest import StoreError, write_manifest
+from mfdata.store.store import Store, atomic_directory
 
+SPLITS_DIR = "splits"  # STORE/splits/NAME: one Zarr group per saved split
 PART_NAMES = {2: ["train", "test"], 3: ["train", "val", "test"]}
 
 
@@ -34,7 +41,7 @@ def split_units(store: Store, by: str) -> np.ndarray | None:
     if by == "formula":
         composition = formula_key(root["atoms/numbers"][...], root["structures/n_atoms"][...])
         return np.unique(composition, return_inverse=True)[1].reshape(-1)
-    raise ValueError(f"--by {by!r}: expected structure, group or formula")
+    raise UsageError(f"--by {by!r}: expected structure, group or formula")
 
 
 def assign_parts(
@@ -76,18 +83,18 @@ def make_split(
     are errors and write nothing."""
     fractions = [float(f) for f in fractions]
     if any(f <= 0 for f in fractions) or abs(sum(fractions) - 1) > 1e-6:
-        raise ValueError(f"--fractions {fractions}: need positive fractions that sum to 1")
+        raise UsageError(f"--fractions {fractions}: need positive fractions that sum to 1")
     default_names = [f"part{i}" for i in range(len(fractions))]
     parts = list(parts or PART_NAMES.get(len(fractions), default_names))
     if len(parts) != len(fractions):
-        raise ValueError(f"{len(parts)} part names for {len(fractions)} fractions")
+        raise UsageError(f"{len(parts)} part names for {len(fractions)} fractions")
     if name in store.manifest.splits:
         raise StoreError(f"{store.path}: a split named {name!r} exists already")
     part = assign_parts(split_units(store, by), fractions, seed, store.manifest.n_structures)
     counts = np.bincount(part, minlength=len(parts))
     empty = [p for p, c in zip(parts, counts, strict=True) if c == 0]
     if empty:
-        raise ValueError(
+        raise UsageError(
             f"{store.path}: split {name!r} by {by} leaves part(s) {', '.join(empty)} empty "
             f"({store.manifest.n_structures} structures); use other fractions or --by"
         )
@@ -95,7 +102,7 @@ def make_split(
     subset_order = train[np.random.default_rng(seed + 1).permutation(len(train))]
     too_big = [k for k in subsets if k > len(train)]
     if too_big:
-        raise ValueError(f"--subsets {too_big}: larger than the training part ({len(train)})")
+        raise UsageError(f"--subsets {too_big}: larger than the training part ({len(train)})")
     info = SplitInfo(
         name=name,
         by=by,
@@ -114,8 +121,8 @@ def save_split(store: Store, info: SplitInfo, part: np.ndarray, subset_order: np
     manifest; for splits made by other rules than :func:`make_split`."""
     if info.name in store.manifest.splits:
         raise StoreError(f"{store.path}: a split named {info.name!r} exists already")
-    (store.path / "splits").mkdir(exist_ok=True)
-    with atomic_directory(store.path / "splits" / info.name) as tmp:
+    (store.path / SPLITS_DIR).mkdir(exist_ok=True)
+    with atomic_directory(store.path / SPLITS_DIR / info.name) as tmp:
         group = zarr.open_group(str(tmp), mode="w", zarr_format=3)
         group.create_array("part", data=part.astype(np.int8))
         group.create_array("subset_order", data=subset_order.astype(np.int64))
@@ -125,23 +132,44 @@ def save_split(store: Store, info: SplitInfo, part: np.ndarray, subset_order: np
     store.manifest = manifest
 
 
-def read_split(store: Store, name: str) -> tuple[SplitInfo, np.ndarray, np.ndarray]:
-    """A saved split: its info, the part of each structure, and the training-subset order."""
-    if name not in store.manifest.splits:
-        known = ", ".join(store.manifest.splits) or "none"
-        raise StoreError(f"{store.path}: no split named {name!r} (saved splits: {known})")
-    group = zarr.open_group(str(store.path / "splits" / name), mode="r", zarr_format=3)
+def check_saved(manifest: DatasetManifest, name: str, where: str | Path) -> None:
+    """Refuse a split name the store at ``where`` (a path or URL) has not saved."""
+    if name not in manifest.splits:
+        known = ", ".join(manifest.splits) or "none"
+        raise StoreError(f"{where}: no split named {name!r} (saved splits: {known})")
+
+
+def read_split_group(group: zarr.Group) -> tuple[SplitInfo, np.ndarray, np.ndarray]:
+    """A saved split from its Zarr group: its info, the part of each structure, and the
+    training-subset order."""
     info = SplitInfo.model_validate(group.attrs["split"])
     return info, group["part"][...], group["subset_order"][...]
 
 
-def split_indices(store: Store, name: str, part: str, subset: int | None = None) -> np.ndarray:
+def part_indices(
+    info: SplitInfo,
+    parts: np.ndarray,
+    subset_order: np.ndarray,
+    part: str,
+    subset: int | None = None,
+) -> np.ndarray:
     """Sorted structure indices of one part (or of a nested training subset of given size)."""
-    info, parts, subset_order = read_split(store, name)
     if part not in info.parts:
-        raise StoreError(f"split {name!r} has parts {', '.join(info.parts)}, not {part!r}")
+        raise StoreError(f"split {info.name!r} has parts {', '.join(info.parts)}, not {part!r}")
     if subset is not None:
         if part != info.parts[0] or subset > len(subset_order):
             raise StoreError(f"a subset of {subset} must come from the training part")
         return np.sort(subset_order[:subset])
     return np.flatnonzero(parts == info.parts.index(part))
+
+
+def read_split(store: Store, name: str) -> tuple[SplitInfo, np.ndarray, np.ndarray]:
+    """A saved split: its info, the part of each structure, and the training-subset order."""
+    check_saved(store.manifest, name, store.path)
+    path = store.path / SPLITS_DIR / name
+    return read_split_group(zarr.open_group(str(path), mode="r", zarr_format=3))
+
+
+def split_indices(store: Store, name: str, part: str, subset: int | None = None) -> np.ndarray:
+    """Sorted structure indices of one part (or of a nested training subset of given size)."""
+    return part_indices(*read_split(store, name), part, subset)

@@ -24,7 +24,8 @@ from ase.data import chemical_symbols
 
 from mfdata.records import Label, Structures
 from mfdata.schema import LevelAlignment, LevelStatistics, StoreStatistics
-from mfdata.store.store import Store, write_manifest
+from mfdata.store.manifest import write_manifest
+from mfdata.store.store import Store
 from mfdata.store.zarr_store import ATOM_CHUNK
 
 # Structures per block when counting compositions: bounds the per-atom index array's memory.

@@ -19,7 +19,7 @@ import numpy as np
 
 from mfdata.progress import Echo
 from mfdata.registry import open_store
-from mfdata.store.store import StoreError
+from mfdata.store.manifest import StoreError
 from mftrain.checkpoint import read_checkpoint
 
 
@@ -123,7 +123,8 @@ def evaluate(
     batch_size: int = 32,
     echo: Echo = print,
 ) -> EvalResult:
-    from mfdata.loader import FidelityDataset, frame_transforms
+    from mfdata.loading.lmdb_dataset import FidelityDataset
+    from mfdata.loading.samples import frame_transforms
 
     checkpoint = read_checkpoint(ckpt)
     opened = open_store(store)

@@ -29,7 +29,7 @@ import torch
 from nequip.data import AtomicDataDict
 from torchmetrics import Metric
 
-from mfdata.loader import PRESENT_FIELDS
+from mfdata.loading.fields import PRESENT_FIELDS
 
 LABELS = ("energy", "forces", "stress")
 # Quantities accumulated per level; the loss uses the first or second for energy.

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from mfdata.files import atomic_write_text, file_sha256
-from mfdata.loader import FidelityDataset
+from mfdata.loading.lmdb_dataset import FidelityDataset
 from mfdata.progress import Echo, silent
 from mftrain import train
 from mftrain.checkpoint import MONITOR, read_checkpoint

@@ -27,7 +27,8 @@ from ase.io import read, write
 from mfdata.linking import link_sources
 from mfdata.readers import read_source
 from mfdata.records import InvalidDataError
-from mfdata.store.store import Store, StoreError, write_store
+from mfdata.store.manifest import StoreError
+from mfdata.store.store import Store, write_store
 from tests.conftest import SHARED, run_cli
 
 ACAC_LEVEL = "pbe-d3-def2svp"

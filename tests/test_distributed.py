@@ -52,8 +52,8 @@ def _sampler(dataset, **kwargs):
 
 
 def _datasets(stores: list[str]) -> dict:
-    from mfdata.loader import FidelityDataset
-    from mfdata.zarr_loader import ZarrFidelityDataset
+    from mfdata.loading.lmdb_dataset import FidelityDataset
+    from mfdata.loading.zarr_dataset import ZarrFidelityDataset
 
     return {"lmdb": FidelityDataset(stores, LEVELS), "zarr": ZarrFidelityDataset(stores, LEVELS)}
 

@@ -24,7 +24,8 @@ from mfdata.levels import registry
 from mfdata.resources import example_file
 from mfdata.schema import ComputeRecipe
 from mfdata.split import read_split
-from mfdata.store.store import Store, StoreError
+from mfdata.store.manifest import StoreError
+from mfdata.store.store import Store
 from tests.conftest import run_cli
 
 

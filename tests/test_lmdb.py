@@ -23,7 +23,8 @@ from nequip.data import from_ase
 from mfdata.records import Structures
 from mfdata.schema import LABEL_KINDS
 from mfdata.store.lmdb_store import LAYOUT_KEY, LmdbStore, index_key, open_shard, pack
-from mfdata.store.store import Store, StoreError
+from mfdata.store.manifest import StoreError
+from mfdata.store.store import Store
 from tests.conftest import run_cli
 
 

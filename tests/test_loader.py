@@ -8,14 +8,10 @@ import torch
 from hydra.utils import instantiate
 from nequip.data import AtomicDataDict
 
-from mfdata.loader import (
-    FidelityDataLoader,
-    FidelityDataModule,
-    FidelityDataset,
-    frame_transforms,
-    pack_batch,
-    unpack_batch,
-)
+from mfdata.loading.batches import pack_batch, unpack_batch
+from mfdata.loading.datamodule import FidelityDataLoader, FidelityDataModule
+from mfdata.loading.lmdb_dataset import FidelityDataset
+from mfdata.loading.samples import frame_transforms
 from mfdata.sampler import FidelityBatchSampler
 from mfdata.store.store import Store
 from tests.conftest import run_cli

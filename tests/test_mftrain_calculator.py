@@ -14,7 +14,7 @@ from ase import Atoms
 from nequip.data import AtomicDataDict, from_ase
 from nequip.data.transforms import ChemicalSpeciesToAtomTypeMapper
 
-from mfdata.loader import frame_transforms
+from mfdata.loading.samples import frame_transforms
 from mftrain.calculator import MultiFidelityCalculator
 from mftrain.evaluate import load_model
 from mftrain.export import export_head

@@ -64,7 +64,7 @@ def final_state(out: Path) -> dict[str, torch.Tensor]:
 
 def epoch0_shards(out: Path) -> list[list[list[int]]]:
     """Each rank's epoch-0 batches, dealt from the data section of the run's nequip config."""
-    from mfdata.loader import FidelityDataset
+    from mfdata.loading.lmdb_dataset import FidelityDataset
     from mfdata.sampler import FidelityBatchSampler, LevelMixing
 
     data = yaml.safe_load((out / "config.yaml").read_text())["data"]

@@ -10,7 +10,7 @@ from ase import Atoms
 from nequip.data import AtomicDataDict, from_ase
 from nequip.data.transforms import ChemicalSpeciesToAtomTypeMapper
 
-from mfdata.loader import frame_transforms
+from mfdata.loading.samples import frame_transforms
 from mfdata.store.store import Store
 from tests.test_mftrain_fit import run_mftrain, train_two_heads
 

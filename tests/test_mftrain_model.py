@@ -10,7 +10,8 @@ import torch
 from nequip.data import AtomicDataDict
 from nequip.utils.global_state import set_global_state
 
-from mfdata.loader import FidelityDataset, frame_transforms
+from mfdata.loading.lmdb_dataset import FidelityDataset
+from mfdata.loading.samples import frame_transforms
 from mftrain.loss import MultiFidelityLoss, weight_table
 from mftrain.model import MultiHeadNequIPModel
 from mftrain.nn import HEAD_KEY

@@ -16,7 +16,8 @@ from nequip.data import AtomicDataDict
 from nequip.model.modify_utils import modify
 from nequip.utils.global_state import set_global_state
 
-from mfdata.loader import FidelityDataset, frame_transforms
+from mfdata.loading.lmdb_dataset import FidelityDataset
+from mfdata.loading.samples import frame_transforms
 from mfdata.store.store import Store
 from mftrain.config import ConfigError, validate_config
 from mftrain.model import MultiHeadNequIPModel

@@ -10,7 +10,8 @@ from ase.io import read, write
 
 from mfdata.query import load_selection, selected_indices
 from mfdata.split import read_split, split_indices
-from mfdata.store.store import Store, StoreError
+from mfdata.store.manifest import StoreError
+from mfdata.store.store import Store
 from tests.conftest import run_cli
 
 

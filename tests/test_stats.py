@@ -18,7 +18,8 @@ from mfdata.stats import (
     compute_statistics,
     store_statistics,
 )
-from mfdata.store.store import MANIFEST, Store
+from mfdata.store.manifest import MANIFEST
+from mfdata.store.store import Store
 from tests.conftest import run_cli
 
 WATER = ("water_dimers_mp2_ccsdt", "pe_c-mp2_ad_nf_n12_cp_1-800.xyz")

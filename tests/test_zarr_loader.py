@@ -21,13 +21,15 @@ from fsspec.implementations.memory import MemoryFileSystem
 from hydra.utils import instantiate
 from nequip.data import AtomicDataDict
 
-from mfdata.loader import FidelityDataset, frame_transforms
+from mfdata.loading.lmdb_dataset import FidelityDataset
+from mfdata.loading.samples import frame_transforms
+from mfdata.loading.zarr_dataset import ZarrFidelityDataset, store_blocks
 from mfdata.sampler import FidelityBatchSampler, LevelMixing
 from mfdata.split import make_split
 from mfdata.store import zarr_store
 from mfdata.store.lmdb_store import pack
-from mfdata.store.store import Store, StoreError, store_as_source, write_store
-from mfdata.zarr_loader import ZarrFidelityDataset, store_blocks
+from mfdata.store.manifest import StoreError
+from mfdata.store.store import Store, store_as_source, write_store
 from tests.conftest import run_cli
 
 LEVELS = ["wb97x-631gd", "ccsdt-star-cbs", "pbe-d3-def2svp", "emt"]

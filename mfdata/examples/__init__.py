@@ -9,7 +9,8 @@ from pathlib import Path
 
 from mfdata.registry import home
 from mfdata.resources import example_file
-from mfdata.store.store import MANIFEST, Store
+from mfdata.store.manifest import MANIFEST
+from mfdata.store.store import Store
 
 BUNDLED = "methanol-store"  # the store directory inside this package
 

@@ -18,7 +18,8 @@ import numpy as np
 from mfdata.registry import open_store
 from mfdata.schema import SplitInfo
 from mfdata.split import save_split
-from mfdata.store.store import Store, write_manifest
+from mfdata.store.manifest import write_manifest
+from mfdata.store.store import Store
 
 TIERS = ("ccsdt-ccpvdz-pyscf", "wb97x-631gd-pyscf")  # highest first
 HELD_OUT = {"test": 20, "val": 10}  # structures per tier

@@ -89,11 +89,18 @@ from typing import TYPE_CHECKING, Any
 import lmdb
 import numpy as np
 
+from mfdata.errors import UsageError
 from mfdata.progress import progress
 from mfdata.records import Label, Structures
-from mfdata.schema import LABEL_KINDS, LmdbInfo
-from mfdata.store.store import Store, StoreError, write_manifest
-from mfdata.store.zarr_store import array_checksum, combined_checksum, structure_arrays
+from mfdata.schema import LABEL_KINDS, DatasetManifest, LmdbInfo
+from mfdata.store.manifest import StoreError, read_manifest, write_manifest
+from mfdata.store.zarr_store import (
+    ZARR_DIR,
+    array_checksum,
+    combined_checksum,
+    read_group,
+    structure_arrays,
+)
 
 if TYPE_CHECKING:
     import torch
@@ -464,19 +471,19 @@ def pack(store_path: str | Path, shards: int | None = None, force: bool = False)
     all are complete; then the manifest is replaced. Existing shards are an error unless
     ``force``, which replaces them only once the new ones are complete.
     """
-    store = Store(store_path)
-    root = store.path
+    root = Path(store_path)
+    manifest = read_manifest(root)
     target = root / LMDB_DIR
-    if (store.manifest.lmdb is not None or target.exists()) and not force:
+    if (manifest.lmdb is not None or target.exists()) and not force:
         raise FileExistsError(f"{target}: the store is already packed; use --force to re-pack it")
-    n = store.manifest.n_structures
+    n = manifest.n_structures
     if shards is None:
         shards = max(1, math.ceil(n / DEFAULT_SHARD_SIZE))
     if shards < 1 or (n and shards > n):
-        raise ValueError(f"--shards {shards}: expected 1 to {max(n, 1)} for {n} structures")
-    s, hashes = store.read()
-    _check_arrays(store, s, hashes)
-    base = make_layout(s, store.manifest.checksum)
+        raise UsageError(f"--shards {shards}: expected 1 to {max(n, 1)} for {n} structures")
+    s, hashes = read_group(str(root / ZARR_DIR))
+    _check_arrays(root, manifest, s, hashes)
+    base = make_layout(s, manifest.checksum)
     plan = _Plan(base, str(root))
     bounds = _shard_bounds(n, shards)
     work = [
@@ -516,30 +523,30 @@ def pack(store_path: str | Path, shards: int | None = None, force: bool = False)
     info = LmdbInfo(
         layout_version=LAYOUT_VERSION,
         shards=[f"{LMDB_DIR}/{shard_name(k)}" for k in range(shards)],
-        checksum=store.manifest.checksum,
+        checksum=manifest.checksum,
     )
-    write_manifest(root, store.manifest.model_copy(update={"lmdb": info}))
+    write_manifest(root, manifest.model_copy(update={"lmdb": info}))
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
     return info
 
 
-def _check_arrays(store: Store, s: Structures, hashes: np.ndarray) -> None:
+def _check_arrays(root: Path, manifest: DatasetManifest, s: Structures, hashes: np.ndarray) -> None:
     """Refuse to pack arrays whose checksums differ from the manifest's.
 
     Every array the records are built from must be listed in the manifest and match it; other
     checksummed arrays of the store (indexes, hashes) are not packed and not checked here.
     """
     arrays = structure_arrays(s, hashes)
-    expected = store.manifest.checksums
+    expected = manifest.checksums
     bad = [
         name
         for name, array in arrays.items()
         if name != "structures/hash" and expected.get(name) != array_checksum(array)
     ]
-    if bad or combined_checksum(expected) != store.manifest.checksum:
+    if bad or combined_checksum(expected) != manifest.checksum:
         raise StoreError(
-            f"{store.path}: arrays do not match the manifest checksums "
+            f"{root}: arrays do not match the manifest checksums "
             f"({', '.join(bad) or 'combined checksum'}); run `mfdata verify`"
         )
 
@@ -605,23 +612,22 @@ class LmdbStore:
     """
 
     def __init__(self, path: str | Path):
-        store = Store(path)
-        info = store.manifest.lmdb
+        self.path = Path(path)
+        self.manifest = read_manifest(self.path)
+        info = self.manifest.lmdb
         if info is None:
-            raise StoreError(f"{store.path}: not packed; run `mfdata pack {store.path}`")
-        if info.checksum != store.manifest.checksum:
+            raise StoreError(f"{self.path}: not packed; run `mfdata pack {self.path}`")
+        if info.checksum != self.manifest.checksum:
             raise StoreError(
-                f"{store.path}: LMDB shards were packed from another version of the store "
+                f"{self.path}: LMDB shards were packed from another version of the store "
                 "(checksum differs); run `mfdata pack --force`"
             )
         if info.layout_version != LAYOUT_VERSION:
             raise StoreError(
-                f"{store.path}: LMDB layout version {info.layout_version} is not "
+                f"{self.path}: LMDB layout version {info.layout_version} is not "
                 f"{LAYOUT_VERSION}; run `mfdata pack --force`"
             )
-        self.path = store.path
-        self.manifest = store.manifest
-        self.shard_paths = [store.path / name for name in info.shards]
+        self.shard_paths = [self.path / name for name in info.shards]
         self._pid: int | None = None
         self._txns: list[lmdb.Transaction] = []
         self._starts: list[int] = []
@@ -795,7 +801,7 @@ class LmdbStore:
             )
         f = np.dtype(str(dtype).removeprefix("torch."))
         if f not in (np.float32, np.float64):
-            raise ValueError(f"dtype {dtype!r}: expected float32 or float64")
+            raise UsageError(f"dtype {dtype!r}: expected float32 or float64")
         if stress is None:
             stress = any(name.endswith("/stress") for name in names)
         wanted = [("total_energy", "energy", (1,)), ("forces", "forces", (3,))]
@@ -822,14 +828,14 @@ class LmdbStore:
 # --------------------------------------------------------------------------- verification
 
 
-def verify_shards(store: Store, structures: Structures | None = None) -> list[str]:
+def verify_shards(root: Path, manifest: DatasetManifest) -> list[str]:
     """Problems with a store's LMDB shards; empty when they are intact and match the Zarr group.
 
     Each shard's records are checked against the checksum in its layout and against records
     re-encoded from the Zarr arrays, so a shard edited together with its checksum is caught too.
     """
-    info = store.manifest.lmdb
-    target = store.path / LMDB_DIR
+    info = manifest.lmdb
+    target = root / LMDB_DIR
     if info is None:
         if target.exists():
             return [
@@ -838,10 +844,10 @@ def verify_shards(store: Store, structures: Structures | None = None) -> list[st
             ]
         return []
     problems = []
-    if info.checksum != store.manifest.checksum:
+    if info.checksum != manifest.checksum:
         problems.append(
             f"{target}: shards were packed from another version of the store "
-            f"(checksum {info.checksum[:12]}, store {store.manifest.checksum[:12]})"
+            f"(checksum {info.checksum[:12]}, store {manifest.checksum[:12]})"
         )
     if info.layout_version != LAYOUT_VERSION:
         return [
@@ -851,7 +857,7 @@ def verify_shards(store: Store, structures: Structures | None = None) -> list[st
     layouts: list[dict[str, Any]] = []
     digests: list[str] = []
     for name in info.shards:
-        path = store.path / name
+        path = root / name
         try:
             _, txn = open_shard(path)
             layout = _read_layout(path, txn)
@@ -883,7 +889,7 @@ def verify_shards(store: Store, structures: Structures | None = None) -> list[st
                 f"{str(layout.get('checksum', {}).get('value'))[:12]}, found "
                 f"{actual[:12]})"
             )
-        if layout.get("store_checksum") != store.manifest.checksum:
+        if layout.get("store_checksum") != manifest.checksum:
             problems.append(
                 f"{path}: packed from another store (checksum "
                 f"{str(layout.get('store_checksum'))[:12]})"
@@ -895,16 +901,16 @@ def verify_shards(store: Store, structures: Structures | None = None) -> list[st
     bounds = [layouts[0]["start"]] + [layout["stop"] for layout in layouts]
     if (
         bounds[0] != 0
-        or bounds[-1] != store.manifest.n_structures
+        or bounds[-1] != manifest.n_structures
         or any(a["stop"] != b["start"] for a, b in zip(layouts[:-1], layouts[1:], strict=False))
     ):
-        return [f"{target}: shard ranges do not tile 0..{store.manifest.n_structures - 1}"]
-    s = structures if structures is not None else store.read()[0]
-    base = make_layout(s, store.manifest.checksum)
+        return [f"{target}: shard ranges do not tile 0..{manifest.n_structures - 1}"]
+    s, _ = read_group(str(root / ZARR_DIR))
+    base = make_layout(s, manifest.checksum)
     if any(_shape_free(layout) != base for layout in layouts):
         return [f"{target}: shard layout does not describe the store's arrays; re-pack"]
     expected = _expected_digests(s, _Plan(base, str(target)), bounds)
     for name, want, got in zip(info.shards, expected, digests, strict=True):
         if want != got:
-            problems.append(f"{store.path / name}: records do not match the store's arrays")
+            problems.append(f"{root / name}: records do not match the store's arrays")
     return problems

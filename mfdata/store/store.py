@@ -3,14 +3,14 @@
 Writes are atomic: everything is written under a hidden temporary name beside the target and
 renamed into place when complete, so an interrupted conversion never leaves a directory at the
 target path, and a directory without a complete manifest is never accepted as a store.
+:class:`Store` is an opened store; its parts have their own modules (``manifest``,
+``zarr_store``, ``lmdb_store``), and ``verify`` checks them together.
 """
 
 from __future__ import annotations
 
 import datetime
-import json
 import os
-import re
 import shutil
 import uuid
 from collections.abc import Iterator
@@ -20,10 +20,8 @@ from pathlib import Path
 
 import numpy as np
 from ase.data import chemical_symbols
-from pydantic import ValidationError
 
-from mfdata.errors import MfkitError
-from mfdata.files import atomic_write_text, file_sha256
+from mfdata.files import file_sha256
 from mfdata.index import StructureIndex
 from mfdata.levels import registry
 from mfdata.linking import geometry_hash
@@ -36,25 +34,17 @@ from mfdata.schema import (
     LabelSummary,
     LevelSummary,
     Provenance,
-    check_format_version,
 )
+from mfdata.store.manifest import MANIFEST, PARTIAL_MARK, read_manifest, write_manifest
+from mfdata.store.verify import verify_store
 from mfdata.store.zarr_store import (
+    ZARR_DIR,
     Precision,
     array_checksum,
     combined_checksum,
-    read_checksums,
     read_group,
     write_group,
 )
-
-MANIFEST = "manifest.json"
-ZARR_DIR = "data.zarr"
-PARTIAL_MARK = ".partial-"  # in the name of a store being written: never a store
-_PARTIAL_NAME = re.compile(r"^\..+\.partial-[0-9a-f]{8}$")  # what atomic_directory makes
-
-
-class StoreError(MfkitError, ValueError):
-    """A path that is not a valid store, or a store that fails verification."""
 
 
 def mfkit_version() -> str:
@@ -181,11 +171,6 @@ def write_store(
     return manifest
 
 
-def write_manifest(directory: Path, manifest: DatasetManifest) -> None:
-    """Replace ``manifest.json`` atomically."""
-    atomic_write_text(directory / MANIFEST, manifest.model_dump_json(indent=2) + "\n")
-
-
 def store_as_source(store: Store) -> Source:
     """A store read back as a source, to merge it with others; its manifest is the input file."""
     structures, _ = store.read()
@@ -212,30 +197,7 @@ class Store:
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
-        manifest_path = self.path / MANIFEST
-        if _PARTIAL_NAME.match(self.path.resolve().name):
-            raise StoreError(
-                f"{self.path}: the unfinished output of an interrupted conversion, not a store; "
-                "delete it and convert again"
-            )
-        if not manifest_path.is_file():
-            raise StoreError(f"{self.path}: not an mfkit store (no {MANIFEST})")
-        try:
-            data = json.loads(manifest_path.read_text(encoding="utf-8"))
-        except (OSError, ValueError) as exc:
-            raise StoreError(f"{manifest_path}: unreadable manifest: {exc}") from exc
-        if not isinstance(data, dict):
-            raise StoreError(f"{manifest_path}: invalid manifest: not a JSON object")
-        check_format_version(str(data.get("format_version", "0")), self.path)
-        try:
-            self.manifest = DatasetManifest.model_validate(data)
-        except ValidationError as exc:  # one line for the CLI: the first problem, and a count
-            errors = exc.errors()
-            where = ".".join(map(str, errors[0]["loc"])) or "top level"
-            more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
-            raise StoreError(
-                f"{manifest_path}: invalid manifest: {where}: {errors[0]['msg']}{more}"
-            ) from exc
+        self.manifest = read_manifest(self.path)
 
     @property
     def zarr_path(self) -> str:
@@ -251,23 +213,7 @@ class Store:
 
     def verify(self) -> list[str]:
         """Problems found by recomputing every checksum; empty when the store is intact."""
-        try:
-            actual = read_checksums(self.zarr_path, list(self.manifest.checksums))
-        except Exception as exc:  # a missing or corrupt chunk surfaces as many exception types
-            return [f"{self.zarr_path}: cannot read arrays: {exc}"]
-        problems = [
-            f"{self.path}: {name}: checksum mismatch "
-            f"(stored {expected[:12]}, found {actual[name][:12]})"
-            for name, expected in self.manifest.checksums.items()
-            if actual[name] != expected
-        ]
-        if combined_checksum(self.manifest.checksums) != self.manifest.checksum:
-            problems.append(f"{self.path}: manifest checksum does not match its array checksums")
-        if not problems:  # LMDB shards are checked against the arrays, so only intact ones
-            from mfdata.store.lmdb_store import verify_shards
-
-            problems += verify_shards(self)
-        return problems
+        return verify_store(self.path, self.manifest)
 
     def info(self) -> dict:
         """The summary ``mfdata info --json`` prints."""

@@ -33,6 +33,7 @@ from zarr.codecs import BloscCodec
 from mfdata.records import Label, Structures
 from mfdata.schema import LABEL_KINDS
 
+ZARR_DIR = "data.zarr"  # the group's directory inside a store
 STRUCTURE_CHUNK = 1 << 16
 ATOM_CHUNK = 1 << 18
 
@@ -94,7 +95,8 @@ def structure_arrays(s: Structures, hashes: np.ndarray) -> dict[str, np.ndarray]
     return arrays
 
 
-def _per_atom(name: str) -> bool:
+def is_per_atom(name: str) -> bool:
+    """Whether the array at ``name`` in the group has one row per atom (else per structure)."""
     if name.startswith("atoms/"):
         return True
     parts = name.split("/")
@@ -112,7 +114,7 @@ def write_group(
     root = zarr.open_group(path, mode="w-", zarr_format=3)
     checksums = {}
     for name, array in structure_arrays(s, hashes).items():
-        per_atom = _per_atom(name)
+        per_atom = is_per_atom(name)
         if precision == "compact" and per_atom and name.startswith("labels/"):
             array = BitRound(COMPACT_KEEPBITS).encode(array).view(array.dtype).reshape(array.shape)
         chunk_rows = ATOM_CHUNK if per_atom else STRUCTURE_CHUNK
