@@ -310,6 +310,12 @@ class FinetuneConfig(_Model):
         description="multihead_finetune: share of stage-2 samples from the other heads' levels "
         "(split equally between them; default 0.2); `level` gets the rest.",
     )
+    init_from: str | None = Field(
+        None,
+        description="multihead_finetune with a `level` the pre-trained model has no head for: "
+        "the head whose readout the new head starts from (default: the pre-training level with "
+        "the most force labels in the stores), as MACE's multi-head fine-tuning does.",
+    )
     max_steps: int | None = Field(None, ge=1, description="Stage-2 steps (trainer.max_steps).")
     lr: float | None = Field(None, gt=0, description="Stage-2 learning rate (optimizer.lr).")
     lr_scheduler: Schedule | None = Field(

@@ -10,9 +10,10 @@ start from, before anything trains.
 
 ``multihead_finetune`` keeps every head of the pre-trained model and fine-tunes the head of
 ``finetune.level``: the sampler draws ``1 - replay`` of the samples from that level and ``replay``
-from the others, shared equally (the other heads keep training on them). The fine-tuned level must
-be a head of the pre-trained model; to add a head for a new level, use ``pretrain_finetune`` from
-the head it should start from (``finetune.pretrain``).
+from the others, shared equally (the other heads keep training on them). A ``level`` the
+pre-trained model has no head for gets a new head whose readout starts from a pre-trained head's
+(``finetune.init_from``; default: the level with the most force labels), as in MACE's multi-head
+fine-tuning: the route of low-level forces, then high-level energies with replay.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from pathlib import Path
 
 from mfdata.files import file_sha256
 from mfdata.levels import UnknownLevelError, resolve_level
+from mfdata.registry import open_store
 from mfdata.sampler import LevelMixing
 from mftrain.checkpoint import CheckpointError, read_checkpoint
 from mftrain.config import ConfigError, ModelConfig, TrainConfig, UnfreezeLast, validate_config
@@ -175,6 +177,30 @@ def _stage_loss_weights(config: TrainConfig, levels: list[str], known: list[str]
     return out
 
 
+def new_head_source(config: TrainConfig, start: list[str]) -> str:
+    """The pre-trained head a new fine-tuning head starts from: ``finetune.init_from``, else the
+    one whose level has the most force labels in the stores (its readout turns the shared features
+    into forces best)."""
+    f = config.finetune
+    if f.init_from is not None:
+        head = level_id("finetune.init_from", f.init_from)
+        if head not in start:
+            raise ConfigError(
+                f"finetune.init_from: {head} is not a pre-trained head ({', '.join(start)})"
+            )
+        return head
+    stores = [open_store(name) for name in config.data.stores]
+
+    def forces(level: str) -> int:
+        return sum(
+            s.manifest.levels[level].labels["forces"].count
+            for s in stores
+            if level in s.manifest.levels and "forces" in s.manifest.levels[level].labels
+        )
+
+    return max(start, key=forces)
+
+
 def finetuning_settings(config: TrainConfig, available: list[str], source: Source | None) -> Stage2:
     """Stage 2 as ``config`` asks, checked against the stores and the model it starts from
     (``source``; None: the model stage 1 will train)."""
@@ -197,16 +223,16 @@ def finetuning_settings(config: TrainConfig, available: list[str], source: Sourc
         mixing = LevelMixing()
     else:
         where = "finetune.from_checkpoint's heads" if source else "finetune.pretrain"
-        if level not in start:
-            raise ConfigError(
-                f"finetune.level: {level} is not one of {where} ({', '.join(start)}); to add a "
-                "head, fine-tune with strategy pretrain_finetune from the head it should start from"
-            )
-        missing = [head for head in start if head not in available]
+        replayed = [head for head in start if head != level]
+        missing = [head for head in replayed if head not in available]
         if missing:
             raise _not_in_stores(f"{where} (multihead_finetune replays them)", missing, available)
-        levels = list(start)
-        init_heads = {head: head for head in levels}
+        init_heads = {head: head for head in start}
+        if level in start:
+            levels = list(start)
+        else:  # a new head, started from the readout of a pre-trained one
+            levels = [*start, level]
+            init_heads[level] = new_head_source(config, start)
         if f.head == "reinit":
             init_heads[level] = None
         replay = DEFAULT_REPLAY if f.replay is None else f.replay

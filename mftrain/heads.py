@@ -38,6 +38,19 @@ def _level_stats(stores: Sequence[Store], level: str) -> list[LevelStatistics]:
     ]
 
 
+def _energy_spread(stores: Sequence[Store], level: str) -> float | None:
+    """The standard deviation of ``level``'s per-atom energies after its reference energies."""
+    found = [s for s in _level_stats(stores, level) if s.energy_per_atom_std and s.n_energies]
+    n = sum(s.n_energies for s in found)
+    return math.sqrt(sum(s.n_energies * s.energy_per_atom_std**2 for s in found) / n) if n else None
+
+
+def _force_rms(stores: Sequence[Store], level: str) -> float | None:
+    found = [s for s in _level_stats(stores, level) if s.force_rms is not None and s.n_forces > 0]
+    n = sum(s.n_forces for s in found)
+    return math.sqrt(sum(s.n_forces * s.force_rms**2 for s in found) / n) if n else None
+
+
 def head_initialisation(
     stores: Sequence[Store], levels: Sequence[str], type_names: Sequence[str]
 ) -> HeadInit:
@@ -55,12 +68,7 @@ def head_initialisation(
                 totals[symbol][1] += n
         refs[level] = {symbol: s / n for symbol, (s, n) in totals.items()}
         methods[level] = sorted({s.reference_method for s in found if s.reference_method})
-        with_forces = [s for s in found if s.force_rms is not None and s.n_forces > 0]
-        if with_forces:
-            n = sum(s.n_forces for s in with_forces)
-            rms[level] = math.sqrt(sum(s.n_forces * s.force_rms**2 for s in with_forces) / n)
-        else:
-            rms[level] = None
+        rms[level] = _force_rms(stores, level)
 
     notes = []
     shifts: dict[str, dict[str, float]] = {}
@@ -105,9 +113,11 @@ def delta_initialisation(
     The shift of element ``X`` is the per-element offset of the two levels' alignment
     (``mfdata stats``: a fit of the energy difference on composition, over the structures labelled
     at both), averaged over stores by shared structures; an element without one takes the
-    difference of the two levels' reference energies. The scale is the alignment's per-atom
-    residual RMS (what the offsets leave); where no residual is determined (no shared structures,
-    or no more than fitted offsets) it stays the level's own scale. Notes say what was filled.
+    difference of the two levels' reference energies. The scale is a force scale, like every other
+    head's, estimated without the level's own forces: the base level's force RMS times the ratio of
+    the spread of the difference (the alignment's per-atom residual RMS, what the offsets leave) to
+    the spread of the base level's per-atom energies. Where one of them is missing it stays the
+    level's own scale. Notes say what was filled; the methods say which estimate was used.
     """
     shifts = {level: dict(row) for level, row in init.shifts.items()}
     scales = dict(init.scales)
@@ -146,12 +156,19 @@ def delta_initialisation(
             )
             method += " (reference differences for " + " ".join(filled) + ")"
         residual = math.sqrt(sq_residual / n_residual) if n_residual else 0.0
-        if residual > 0:
-            scales[level] = residual
+        spread = _energy_spread(stores, base)
+        base_forces = _force_rms(stores, base)
+        if residual > 0 and spread and base_forces:
+            scales[level] = base_forces * residual / spread
+            method += (
+                f"; scale {scales[level]:.4g} eV/Å = {base}'s force RMS {base_forces:.4g} x the "
+                f"spread of the difference {residual:.4g} / {base}'s spread {spread:.4g} eV/atom"
+            )
         else:
             notes.append(
-                f"{level} (delta from {base}): no residual of the level alignment to scale the "
-                f"difference by; kept the level's own energy scale ({scales[level]:.4g})"
+                f"{level} (delta from {base}): no residual of the level alignment, spread of "
+                f"{base}'s energies or {base} forces to scale the difference by; kept the level's "
+                f"own energy scale ({scales[level]:.4g})"
             )
         methods[level] = [method]
     return HeadInit(shifts, scales, methods, notes)

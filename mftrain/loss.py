@@ -4,14 +4,15 @@ Each frame of a batch carries its head index (nequip's ``dataset`` field) and fl
 labels are real (``total_energy_present``, ``forces_present``, ``stress_present``; missing labels
 are NaN). For each label kind ``k`` (energy, forces, stress) the loss term is
 
-    term_k = sum over entries e with label k of  w[level(e), k] * (pred_e - target_e)**2
-             / (number of such entries whose level has w > 0)
+    term_k = sum over levels L with label k in the batch of  w[L, k] * MSE_k(L)
 
-where an entry is a frame's energy (divided by its atom count with ``per_atom_energy``), one force
-component, or one stress component; the loss is the sum of the terms. So with every weight 1 it is
-the energy MSE plus the force MSE over the labels present, a level's weight scales its share, and a
-weight 0 leaves that level's label out. Missing labels contribute nothing: a batch without forces
-has no force term (it is neither NaN nor connected to the force graph), and
+where ``MSE_k(L)`` is the mean of ``(pred_e - target_e)**2`` over the batch's entries of level
+``L`` with label ``k``, and an entry is a frame's energy (divided by its atom count with
+``per_atom_energy``), one force component, or one stress component; the loss is the sum of the
+terms. Each level is averaged on its own before it is weighted, so a level's weight means the same
+whatever its share of the batch (the level mixing): with one level it is the energy MSE plus the
+force MSE, and a weight 0 leaves that level's label out. Missing labels contribute nothing: a batch
+without forces has no force term (it is neither NaN nor connected to the force graph), and
 :func:`needs_derivatives` tells the training module it can skip the force pass altogether.
 
 :class:`MultiFidelityLoss` follows the interface of nequip's ``MetricsManager`` (called with
@@ -176,11 +177,9 @@ class MultiFidelityLoss(torch.nn.Module):
         energy = preds[AtomicDataDict.TOTAL_ENERGY_KEY]
         total = energy.sum() * 0.0  # stays connected to the graph: backward works, grads are 0
         out = {}
-        for label, (num, den) in weighted.items():
-            if den > 0:
-                term = num / den
-                out[f"{prefix}{label}{suffix}"] = term
-                total = total + term
+        for label, term in weighted.items():
+            out[f"{prefix}{label}{suffix}"] = term
+            total = total + term
         out[f"{prefix}weighted_sum{suffix}"] = total
         return out
 
@@ -192,10 +191,10 @@ class MultiFidelityLoss(torch.nn.Module):
         total = torch.zeros((), dtype=torch.float64, device=count.device)
         energy_q = 0 if self.per_atom_energy else 1
         for column, (label, q) in enumerate(zip(LABELS, (energy_q, 2, 3), strict=True)):
-            used = weights[:, column] > 0
-            den = (count[:, q] * used).sum()
-            if den > 0:
-                term = (weights[:, column] * sq_sum[:, q]).sum() / den
+            used = (weights[:, column] > 0) & (count[:, q] > 0)
+            if bool(used.any()):
+                mse = sq_sum[used, q] / count[used, q]
+                term = (weights[used, column] * mse).sum()
                 out[f"{prefix}{label}{suffix}"] = term
                 total = total + term
         out[f"{prefix}weighted_sum{suffix}"] = total
@@ -218,7 +217,7 @@ class MultiFidelityLoss(torch.nn.Module):
         count = torch.zeros(shape, dtype=torch.float64, device=device)
         abs_sum = torch.zeros(shape, dtype=torch.float64, device=device)
         sq_sum = torch.zeros(shape, dtype=torch.float64, device=device)
-        weighted: dict[str, tuple[torch.Tensor, float]] = {}
+        weighted: dict[str, torch.Tensor] = {}
         n_atoms = target[AtomicDataDict.NUM_NODES_KEY].view(-1)
 
         # == energy ==
@@ -270,10 +269,17 @@ class MultiFidelityLoss(torch.nn.Module):
 
     @staticmethod
     def _weighted(weighted, label, column, weights, owner, mask, err) -> None:
+        """``weighted[label]``: the sum over levels of weight x that level's mean squared error."""
         w = weights[owner, column]
         used = mask & (w > 0)
-        den = float((used.to(torch.float64) * err.shape[-1]).sum())
-        if den == 0:
+        if not bool(used.any()):
             return
-        num = (w.to(err.dtype).unsqueeze(-1) * err.square() * used.unsqueeze(-1)).sum()
-        weighted[label] = (num, den)
+        num_levels = weights.shape[0]
+        per_entry = (err.square() * used.unsqueeze(-1)).sum(dim=-1)
+        sums = torch.zeros(num_levels, dtype=err.dtype, device=err.device)
+        sums = sums.index_add(0, owner, per_entry)
+        counts = torch.zeros(num_levels, dtype=torch.float64, device=err.device)
+        counts.index_add_(0, owner, used.to(torch.float64) * err.shape[-1])
+        present = counts > 0
+        level_w = weights[:, column].to(err.dtype)
+        weighted[label] = (level_w[present] * sums[present] / counts[present].to(err.dtype)).sum()

@@ -66,6 +66,11 @@ class HeadIndex(GraphModuleMixin, torch.nn.Module):
             per_frame = torch.full((frames,), self.fixed, dtype=torch.long, device=types.device)
         elif AtomicDataDict.DATASET_KEY in data:
             per_frame = data[AtomicDataDict.DATASET_KEY].view(-1).to(torch.long)
+            if bool(((per_frame < 0) | (per_frame >= self.num_heads)).any()):
+                raise ValueError(
+                    f"a frame's `dataset` (head index) is outside the model's {self.num_heads} "
+                    f"head(s): {sorted(set(per_frame.tolist()))}"
+                )
         else:
             if self.num_heads != 1:
                 raise RuntimeError(
@@ -160,6 +165,14 @@ def delta_order(levels: list[str], bases: dict[str, str]) -> list[int]:
     return order
 
 
+def _zero_output_layer(readout: torch.nn.Module) -> None:
+    """Set the last weight matrix of a readout MLP to zero: it outputs 0 and still learns (its
+    gradient is the hidden features), so a delta head starts as its base alone."""
+    last = [p for name, p in readout.named_parameters() if name.endswith("weight")][-1]
+    with torch.no_grad():
+        last.zero_()
+
+
 class MultiHeadEnergy(GraphModuleMixin, torch.nn.Module):
     """Per-atom energies from one head per level, each atom through its frame's head.
 
@@ -168,12 +181,13 @@ class MultiHeadEnergy(GraphModuleMixin, torch.nn.Module):
     what :class:`~nequip.nn.PerTypeScaleShift` accepts (a number or a dict by type name).
 
     ``bases`` maps a delta level to its base level: that head's energy is the base head's energy
-    (itself a delta head or not) plus its own output. With ``detach_base`` (the default) the delta
-    level's frames send no gradient into the base heads' own parameters during training (the base
-    head is evaluated with detached readout and scale/shift parameters), so high-level labels do
-    not pull the low-level head; positions keep their gradient (the delta level's forces are
-    those of base + Δ) and the shared backbone learns from every frame. Without it the base heads
-    learn from the delta frames too.
+    (itself a delta head or not) plus its own output, which starts at zero (the last layer of its
+    readout is zero-initialised), so a delta level first predicts its base. With ``detach_base``
+    (the default) the delta level's frames send no gradient into the base heads' own parameters
+    during training (the base head is evaluated with detached readout and scale/shift
+    parameters), so high-level labels do not pull the low-level head; positions keep their
+    gradient (the delta level's forces are those of base + Δ) and the shared backbone learns from
+    every frame. Without it the base heads learn from the delta frames too.
 
     ``shared_readout``: one readout for every level (a fidelity-embedding model, whose backbone is
     told the level); each level keeps only its per-type scale/shift.
@@ -233,6 +247,8 @@ class MultiHeadEnergy(GraphModuleMixin, torch.nn.Module):
                 for level in self.levels
             }
         )
+        for level in self.bases:
+            _zero_output_layer(self.heads[level].per_atom_energy_readout)
         first = next(iter(self.heads.values()))
         self._init_irreps(
             irreps_in=irreps_in,

@@ -15,6 +15,7 @@ import torch
 import yaml
 
 from mftrain.config import ConfigError, load_config, validate_config
+from mftrain.finetune_plan import finetuning_plan, read_source
 from tests.conftest import run_cli
 from tests.test_mftrain_fit import run_mftrain, tiny_config
 
@@ -196,8 +197,8 @@ def test_finetune_section_reads_back():
         ),
         (
             "multihead_finetune",
-            {"level": CCSDT, "pretrain": [WB97X, "hf-ccpvdz"]},
-            f"finetune.level: {CCSDT} is not one of finetune.pretrain ({WB97X}, hf-ccpvdz); to add",
+            {"level": CCSDT, "pretrain": [WB97X, "hf-ccpvdz"], "init_from": CCSDT},
+            f"finetune.init_from: {CCSDT} is not a pre-trained head ({WB97X}, hf-ccpvdz)",
         ),
         (
             "pretrain_finetune",
@@ -246,9 +247,8 @@ def test_from_checkpoint_heads_are_checked(tmp_path, ani, pretrained):
         ),
         (
             "multihead_finetune",
-            {"level": "hf-ccpvdz"},
-            f"finetune.level: hf-ccpvdz is not one of finetune.from_checkpoint's heads ({WB97X}, "
-            f"{CCSDT}); to add a head, fine-tune with strategy pretrain_finetune",
+            {"level": "hf-ccpvdz", "init_from": "hf-ccpvdz"},
+            f"finetune.init_from: hf-ccpvdz is not a pre-trained head ({WB97X}, {CCSDT})",
         ),
         (
             "multihead_finetune",
@@ -285,6 +285,23 @@ def builder_args(ckpt: Path, levels: list[str], shifts: dict, scales: dict) -> d
     args = {k: v for k, v in hparams["model"].items() if k != "_target_"}
     args.update(levels=levels, per_level_energy_shifts=shifts, per_level_energy_scales=scales)
     return args
+
+
+def test_new_head_starts_from_the_head_with_most_forces(tmp_path, ani, pretrained):
+    """multihead_finetune onto a level the model has no head for (HF): a new head whose readout
+    starts from the ωB97X head (the only level with forces), the others kept and replayed."""
+    finetune = {"level": "hf-ccpvdz", "from_checkpoint": str(pretrained), "energy_only": True}
+    config = load_config(two_stage(tmp_path / "new.yaml", ani, "multihead_finetune", finetune))
+    config.data.stores = [str(ani)]
+    config.model = read_source(pretrained).model  # stage 2 keeps the source's architecture
+    new = finetuning_plan(config, [WB97X, CCSDT, "hf-ccpvdz"])
+    assert new.levels == [WB97X, CCSDT, "hf-ccpvdz"]
+    assert new.model_args["init_heads"] == {WB97X: WB97X, CCSDT: CCSDT, "hf-ccpvdz": WB97X}
+    assert new.mixing.ratios == pytest.approx({WB97X: 0.1, CCSDT: 0.1, "hf-ccpvdz": 0.8})
+    assert new.level_coeffs["hf-ccpvdz"]["forces"] == 0.0
+    config.finetune.init_from = "ccsd(t)_cbs"
+    chosen = finetuning_plan(config, [WB97X, CCSDT, "hf-ccpvdz"])
+    assert chosen.model_args["init_heads"]["hf-ccpvdz"] == CCSDT
 
 
 def test_builder_copies_freezes_and_groups(pretrained):

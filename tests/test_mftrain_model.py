@@ -120,6 +120,17 @@ def test_one_head_model_without_dataset_field(dataset):
         build()(frame)
 
 
+def test_head_index_outside_the_heads_is_refused(dataset):
+    """A `dataset` index with no head is an error, never silently head 0."""
+    model = build()
+    frames = [dataset[int(dataset.pools[level][0])] for level in LEVELS]
+    for wrong in (len(LEVELS), -1):
+        batch = AtomicDataDict.batched_from_list(frames)
+        batch[AtomicDataDict.DATASET_KEY][1] = wrong
+        with pytest.raises(ValueError, match=f"outside the model's 3 head.*{wrong}"):
+            model(batch)
+
+
 def test_bad_head_config_is_refused():
     with pytest.raises(ValueError, match="keys must be the levels"):
         build(per_level_energy_scales={"wb97x-631gd": 1.0})
@@ -128,26 +139,41 @@ def test_bad_head_config_is_refused():
 
 
 def hand_loss(out, batch, table, levels, per_atom=True) -> float:
-    """The documented loss, in numpy: per label, Σ w e² over present entries / their count."""
+    """The documented loss, in numpy: per label, the sum over levels of w x the level's MSE over
+    its present entries."""
     head = batch["dataset"].view(-1).numpy()
     n = batch["num_atoms"].numpy()
     e_pred = out["total_energy"].detach().view(-1).numpy()
     e_true = batch["total_energy"].view(-1).numpy()
-    w_e = np.array([table[levels[h]]["energy"] for h in head])
-    ok = np.isfinite(e_true) & (w_e > 0)
     err = (e_pred - e_true) / (n if per_atom else 1)
-    total = 0.0
-    if ok.any():
-        total += float(np.sum(w_e[ok] * err[ok] ** 2) / ok.sum())
     atom_head = np.repeat(head, n)
     f_true = batch["forces"].numpy()
-    if "forces" in out:
-        w_f = np.array([table[levels[h]]["forces"] for h in atom_head])
-        ok = np.isfinite(f_true).all(axis=1) & (w_f > 0)
-        if ok.any():
-            sq = ((out["forces"].detach().numpy() - f_true) ** 2).sum(axis=1)
-            total += float(np.sum(w_f[ok] * sq[ok]) / (3 * ok.sum()))
+    total = 0.0
+    for h, level in enumerate(levels):
+        ok = (head == h) & np.isfinite(e_true)
+        if ok.any() and table[level]["energy"] > 0:
+            total += table[level]["energy"] * float(np.mean(err[ok] ** 2))
+        if "forces" not in out:
+            continue
+        ok = (atom_head == h) & np.isfinite(f_true).all(axis=1)
+        if ok.any() and table[level]["forces"] > 0:
+            sq = (out["forces"].detach().numpy()[ok] - f_true[ok]) ** 2
+            total += table[level]["forces"] * float(np.mean(sq))
     return total
+
+
+def test_level_weight_does_not_depend_on_its_share_of_the_batch(dataset):
+    """Three copies of one level's frame weigh as much as one: each level is averaged before it
+    is weighted, so `weight 100` means the same under every level mixing."""
+    model = build()
+    one = [dataset[int(dataset.pools[level][0])] for level in LEVELS]
+    many = one + [one[0], one[0]]
+    loss = MultiFidelityLoss(LEVELS, level_coeffs={LEVELS[-1]: {"energy": 100.0}})
+    values = []
+    for frames in (one, many):
+        batch = AtomicDataDict.batched_from_list(frames)
+        values.append(float(loss(model(dict(batch)), batch)["weighted_sum"].detach()))
+    assert values[0] == pytest.approx(values[1], rel=1e-10)
 
 
 def test_masked_loss_matches_hand_computation(dataset):
