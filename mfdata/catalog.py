@@ -18,8 +18,8 @@ import yaml
 from ase.data import chemical_symbols
 from pydantic import ValidationError
 
-from mfdata.errors import MfkitError
-from mfdata.levels import UnknownLevelError, registry, resolve_level
+from mfdata.errors import MfkitError, UsageError
+from mfdata.levels import CatalogError, UnknownLevelError, registry, resolve_level
 from mfdata.resources import catalog_dir
 from mfdata.schema import UNKNOWN, CatalogEntry, label_kind
 
@@ -27,15 +27,12 @@ from mfdata.schema import UNKNOWN, CatalogEntry, label_kind
 NOT_ENTRIES = frozenset({"levels.yaml"})
 
 
-class CatalogError(MfkitError, ValueError):
-    """A catalog file that fails its schema, or a dataset name the catalog does not have."""
-
-
 @dataclass(frozen=True)
 class ConvertOptions:
-    """What a catalog entry fills in for ``mfdata convert``: read_source's format and options."""
+    """What a catalog entry fills in for ``mfdata convert``: read_source's format and options
+    (and, with ``format`` None, what a user asked for, before the catalog fills the gaps)."""
 
-    format: str
+    format: str | None = None  # None: detected per file
     level: str | None = None
     maps: list[tuple[str, str, str]] = field(default_factory=list)
     units: dict[str, str] = field(default_factory=dict)
@@ -72,7 +69,7 @@ def _problems(data: object, exc: ValidationError) -> str:
 
 def _check_entry(entry: CatalogEntry, where: str) -> None:
     """Checks JSON Schema cannot express: registry ids, reader names, symbols, file name."""
-    from mfdata.readers import FORMATS, parse_mapping  # readers import h5py: load on demand
+    from mfdata.readers import READERS, parse_mapping  # readers import h5py: load on demand
 
     stem = Path(where).name.rsplit(".", 1)[0]
     if entry.name != stem:
@@ -93,17 +90,17 @@ def _check_entry(entry: CatalogEntry, where: str) -> None:
     reader = entry.reader
     if reader is None:
         return
-    if reader.format not in FORMATS:
+    if reader.format not in READERS:
         raise CatalogError(
             f"{where}: reader.format: {reader.format!r} is not a reader; known: "
-            f"{', '.join(FORMATS)} (use reader: null and describe the files in 'format')"
+            f"{', '.join(READERS)} (use reader: null and describe the files in 'format')"
         )
     try:
         if reader.level is not None:
             resolve_level(reader.level)
         for text in reader.map:
             parse_mapping(text)
-    except (UnknownLevelError, ValueError) as exc:
+    except MfkitError as exc:
         raise CatalogError(f"{where}: reader: {exc}") from exc
 
 
@@ -171,7 +168,7 @@ def parse_elements(text: str) -> list[str]:
     symbols = [s.strip() for s in text.split(",") if s.strip()]
     bad = [s for s in symbols if s not in chemical_symbols[1:]]
     if bad or not symbols:
-        raise ValueError(f"--elements {text!r}: {', '.join(bad) or 'empty'}: not chemical symbols")
+        raise UsageError(f"--elements {text!r}: {', '.join(bad) or 'empty'}: not chemical symbols")
     return symbols
 
 
@@ -185,7 +182,7 @@ def filter_entries(
     elements within ``elements`` (an entry whose elements are unknown is left out).
     """
     level_id = resolve_level(level).id if level is not None else None
-    label_name = label_kind(label)[0].name if label is not None else None
+    label_name = _label_name(label) if label is not None else None
     out = []
     for entry in entries:
         if level_id is None:
@@ -202,6 +199,14 @@ def filter_entries(
             continue
         out.append(entry)
     return out
+
+
+def _label_name(label: str) -> str:
+    """The label kind ``label`` is stored as; an unknown label is a usage error."""
+    try:
+        return label_kind(label)[0].name
+    except ValueError as exc:  # schema's label check predates UsageError
+        raise UsageError(f"--label: {exc}") from exc
 
 
 def _has(labels: dict, name: str) -> bool:

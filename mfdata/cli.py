@@ -6,33 +6,27 @@ import json
 import sys
 import tempfile
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 import numpy as np
 import typer
-from ase.data import chemical_symbols
 
-from mfdata.calculators import CalculationError, MissingProgramError
-from mfdata.catalog import (
-    convert_options,
-    describe,
-    filter_entries,
-    find_entry,
-    load_catalog,
-    parse_elements,
-)
-from mfdata.levels import UnknownLevelError, registry, resolve_level
-from mfdata.linking import link_sources
+from mfdata.catalog import describe, filter_entries, find_entry, load_catalog, parse_elements
+from mfdata.convert import convert as convert_files
+from mfdata.convert import merge as merge_stores
+from mfdata.errors import MfkitError, UsageError
+from mfdata.files import atomic_write_text
+from mfdata.levels import registry, resolve_level
 from mfdata.query import parse_has, select, source_ids
-from mfdata.readers import FORMATS, parse_mapping, read_source
-from mfdata.records import DEFAULT_GEOMETRY_TOLERANCE, InvalidDataError, Source
-from mfdata.registry import check_name_free, home, open_store, register, registered
+from mfdata.readers import FORMATS, format_help
+from mfdata.records import DEFAULT_GEOMETRY_TOLERANCE
+from mfdata.registry import home, open_store, registered
 from mfdata.resources import example_file
-from mfdata.schema import QuerySpec, label_kind
+from mfdata.schema import QuerySpec
 from mfdata.split import make_split
 from mfdata.store.manifest import StoreError
-from mfdata.store.store import Store, store_as_source, write_store
-from mfdata.units import UnitError
+from mfdata.store.store import Store
+from mfdata.store.zarr_store import Precision
 
 app = typer.Typer(
     help="Multi-level QM datasets: every label tagged with its level of theory and unit.",
@@ -41,17 +35,18 @@ app = typer.Typer(
     add_completion=False,
 )
 
+# What main() reports as one line: mfkit's own errors, and files missing or in the way. Anything
+# else is a bug and keeps its traceback.
 USER_ERRORS = (
-    InvalidDataError,
-    StoreError,
-    UnknownLevelError,
-    UnitError,
+    MfkitError,
     FileExistsError,
     FileNotFoundError,
-    ValueError,
-    MissingProgramError,
-    CalculationError,
+    IsADirectoryError,
+    NotADirectoryError,
 )
+
+# --format's choices, from the reader table (typer makes a choice of a Literal's values).
+FormatName = Literal[FORMATS]  # type: ignore[valid-type]
 
 
 def _pairs(items: list[str], option: str) -> dict[str, str]:
@@ -59,7 +54,7 @@ def _pairs(items: list[str], option: str) -> dict[str, str]:
     for item in items:
         key, sep, value = item.partition("=")
         if not (sep and key and value):
-            raise ValueError(f"{option} {item!r}: expected KEY=VALUE")
+            raise UsageError(f"{option} {item!r}: expected KEY=VALUE")
         out[key] = value
     return out
 
@@ -69,15 +64,19 @@ def _pbc(text: str | None) -> bool | None:
         return None
     table = {"t": True, "true": True, "f": False, "false": False}
     if text.lower() not in table:
-        raise ValueError(f"--pbc {text!r}: expected T or F")
+        raise UsageError(f"--pbc {text!r}: expected T or F")
     return table[text.lower()]
+
+
+def _note(message: str) -> None:
+    typer.echo(message, err=True)
 
 
 @app.command()
 def convert(
     sources: Annotated[list[Path], typer.Argument(help="Input files.", exists=True)],
     out: Annotated[Path, typer.Option(help="The store to create; must not exist.")],
-    format: Annotated[str | None, typer.Option(help=f"One of {', '.join(FORMATS)}.")] = None,
+    format: Annotated[FormatName | None, typer.Option(help=format_help())] = None,
     level: Annotated[
         str | None, typer.Option(help="Level of ASE's energy/forces/stress keys (or of a file).")
     ] = None,
@@ -100,7 +99,7 @@ def convert(
     ] = None,
     name: Annotated[str | None, typer.Option(help="Store name (default: directory name).")] = None,
     precision: Annotated[
-        str, typer.Option(help="lossless, or compact: forces bit-rounded to ~1e-4 relative.")
+        Precision, typer.Option(help="lossless, or compact: forces bit-rounded to ~1e-4 relative.")
     ] = "lossless",
     licence: Annotated[str | None, typer.Option(help="Licence of the data.")] = None,
     citation: Annotated[str | None, typer.Option(help="How to cite the data.")] = None,
@@ -113,98 +112,26 @@ def convert(
     ] = None,
 ) -> None:
     """Convert QM files into a store; every label gets its level of theory and unit."""
-    maps = [parse_mapping(m) for m in map]
-    unit_map = _pairs(units, "--units")
-    description = None
-    if catalog is not None:  # the catalog fills in what the flags leave open
-        spec = convert_options(find_entry(catalog))
-        format = format or spec.format
-        level = level or spec.level
-        maps = [m for m in spec.maps if m[0] not in {key for key, _, _ in maps}] + maps
-        unit_map = {**spec.units, **unit_map}
-        if pbc is None and spec.pbc is not None:
-            pbc = "T" if spec.pbc else "F"
-        group_key = group_key or spec.group_key
-        licence = licence or spec.licence
-        citation = citation or spec.citation
-        description = spec.description
-    usable = {key for key, _, _ in maps} | {"energy", "free_energy", "forces", "stress", "E", "R"}
-    unused = sorted(set(unit_map) - usable)
-    if unused:
-        raise ValueError(
-            f"--units {', '.join(unused)}: no --map uses these keys (units belong to mapped keys, "
-            "ASE's standard keys, or an sGDML file's E and R)"
-        )
-    id_key = None
-    if link_by is not None:
-        if link_by.startswith("id:") and len(link_by) > 3:
-            id_key = link_by[3:]
-        elif link_by != "geometry":
-            raise ValueError(f"--link-by {link_by!r}: expected 'geometry' or 'id:KEY'")
-    if precision not in ("lossless", "compact"):
-        raise ValueError(f"--precision {precision!r}: expected lossless or compact")
-    if Path(out).exists():
-        raise FileExistsError(f"{out}: already exists; choose another output path")
-    check_name_free(name or Path(out).name, out)
-    options = dict(level=level, maps=maps, units=unit_map, pbc=_pbc(pbc), group_key=group_key)
-    iso_marker = None
-    iso_sources: list[Source] = []
-    if isolated_atoms is not None:
-        if Path(isolated_atoms).is_file():
-            iso_sources.append(read_source(isolated_atoms, format, all_isolated=True, **options))
-        else:
-            key, _, value = isolated_atoms.partition("=")
-            if not value:
-                raise ValueError(
-                    f"--isolated-atoms {isolated_atoms!r}: not a file, and not KEY=VALUE"
-                )
-            iso_marker = (key, value)
-    elif catalog is not None:
-        iso_marker = spec.isolated_atoms
-        if spec.isolated_atoms_file is not None:
-            iso_file = Path(sources[0]).parent / spec.isolated_atoms_file
-            if not iso_file.is_file():
-                typer.echo(f"{catalog}: no {iso_file}: no isolated-atom energies", err=True)
-            elif not any(iso_file.samefile(path) for path in sources):
-                typer.echo(f"{catalog}: isolated atoms from {iso_file}", err=True)
-                iso_sources.append(read_source(str(iso_file), format, all_isolated=True, **options))
-    read = [
-        read_source(
-            str(path),
-            format,
-            isolated_atoms=iso_marker,
-            id_key=id_key,
-            maps_optional=len(sources) > 1,
-            **options,
-        )
-        for path in sources
-    ]
-    found = {key for source in read for key in source.structures.labels}
-    for key, level_id, label in maps:
-        if (level_id, label_kind(label)[0].name) not in found:
-            raise InvalidDataError(f"no record of any source has the key {key!r} (--map {key})")
-    for source in read:
-        if source.reader in ("ani2x", "spice"):
-            level_id = next(iter(source.structures.labels))[0]
-            typer.echo(
-                f"{source.path}: {source.reader} release, level {level_id} (override with --level)",
-                err=True,
-            )
-    structures = link_sources(read, None if link_by is None else link_by, tolerance)
-    write_store(
+    store = convert_files(
+        sources,
         out,
-        structures,
-        read + iso_sources,
-        name=name,
+        format=format,
+        level=level,
+        maps=map,
+        units=_pairs(units, "--units"),
         link_by=link_by,
         tolerance=tolerance,
+        pbc=_pbc(pbc),
+        isolated_atoms=isolated_atoms,
+        group_key=group_key,
+        name=name,
         precision=precision,
         licence=licence,
-        citation=citation,  # type: ignore[arg-type]
-        description=description,
+        citation=citation,
+        catalog=catalog,
+        notify=_note,
     )
-    register(name or Path(out).name, out)
-    typer.echo(_summary(Store(out).info()))
+    typer.echo(_summary(store.info()))
 
 
 def _summary(info: dict) -> str:
@@ -318,22 +245,11 @@ def demo(
     with tempfile.TemporaryDirectory() as tmp:
         target = out or Path(tmp) / "ani1_n5"
         typer.echo(f"converting {source} (bundled ANI-1x/ANI-1ccx sample)")
-        convert(
+        convert_files(
             [Path(str(source))],
-            out=target,
-            format=None,
-            level=None,
-            map=[],
-            units=[],
-            link_by=None,
-            tolerance=DEFAULT_GEOMETRY_TOLERANCE,
-            pbc=None,
-            isolated_atoms=None,
-            group_key=None,
+            target,
             name="ani1_n5",
-            precision="lossless",
             licence="MIT (the modelforge test file this sample comes from)",
-            citation=None,
         )
         problems = Store(target).verify()
         typer.echo("verify: ok" if not problems else "\n".join(problems))
@@ -384,15 +300,9 @@ def query(
 ) -> None:
     """Structures that have given labels, elements, sizes and charge, across stores."""
     opened = [open_store(s) for s in stores]
-    symbols = None
-    if elements is not None:
-        symbols = [e.strip() for e in elements.split(",") if e.strip()]
-        unknown = [e for e in symbols if e not in chemical_symbols[1:]]
-        if unknown:
-            raise ValueError(f"--elements: {', '.join(unknown)} not chemical symbols")
     spec = QuerySpec(
         has=parse_has(has, opened),
-        elements=symbols,
+        elements=parse_elements(elements) if elements is not None else None,
         min_atoms=min_atoms,
         max_atoms=max_atoms,
         charge=charge,
@@ -400,13 +310,13 @@ def query(
     )
     if source is not None and not any(len(source_ids(s, source)) for s in opened):
         names = sorted({Path(f.path).name for s in opened for f in s.manifest.provenance.inputs})
-        raise ValueError(f"--source {source!r}: no store has that input; inputs: {names}")
+        raise UsageError(f"--source {source!r}: no store has that input; inputs: {names}")
     selection = select(opened, spec)
     total = sum(entry.n_selected for entry in selection.stores)
     if out is not None:
         if out.exists():
             raise FileExistsError(f"{out}: already exists; choose another output path")
-        out.write_text(selection.model_dump_json(indent=2) + "\n", encoding="utf-8")
+        atomic_write_text(out, selection.model_dump_json(indent=2) + "\n")
     if count:
         typer.echo(str(total))
         return
@@ -451,7 +361,7 @@ def _numbers(text: str, kind: type, option: str) -> list:
     try:
         return [kind(x) for x in text.split(",")]
     except ValueError as exc:
-        raise ValueError(f"{option} {text!r}: expected comma-separated numbers") from exc
+        raise UsageError(f"{option} {text!r}: expected comma-separated numbers") from exc
 
 
 @app.command()
@@ -464,23 +374,7 @@ def merge(
     name: Annotated[str | None, typer.Option(help="Store name (default: directory name).")] = None,
 ) -> None:
     """Join stores by geometry so one record carries the labels of all; conflicts are errors."""
-    if Path(out).exists():
-        raise FileExistsError(f"{out}: already exists; choose another output path")
-    check_name_free(name or Path(out).name, out)
-    opened = [open_store(s) for s in stores]
-    sources = [store_as_source(s) for s in opened]
-    structures = link_sources(sources, "geometry", tolerance)
-    write_store(
-        out,
-        structures,
-        sources,
-        name=name,
-        link_by="geometry",
-        tolerance=tolerance,
-        labelling=[run for s in opened for run in s.manifest.provenance.labelling],
-    )
-    register(name or Path(out).name, out)
-    typer.echo(_summary(Store(out).info()))
+    typer.echo(_summary(merge_stores(stores, out, tolerance=tolerance, name=name).info()))
 
 
 @app.command()
@@ -610,7 +504,8 @@ def catalog_show(
 
 
 def main() -> None:
-    """Entry point: user errors become one line on stderr and exit status 2."""
+    """Entry point: user errors become one line on stderr and exit status 2; any other
+    exception is a bug and keeps its traceback."""
     try:
         app()
     except USER_ERRORS as exc:

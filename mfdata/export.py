@@ -10,6 +10,7 @@ from ase import Atoms
 from ase.calculators.singlepoint import SinglePointCalculator
 from ase.stress import full_3x3_to_voigt_6_stress
 
+from mfdata.files import atomic_file
 from mfdata.store.store import Store
 
 
@@ -47,7 +48,6 @@ def write_extxyz(store: Store, level: str, out: str | Path) -> int:
             results["stress"] = full_3x3_to_voigt_6_stress(labels["stress"].values[i])
         atoms.calc = SinglePointCalculator(atoms, **results)
         frames.append(atoms)
-    tmp = out.with_name(f".{out.name}.partial")
-    ase.io.write(tmp, frames, format="extxyz")
-    tmp.rename(out)
+    with atomic_file(out) as tmp:
+        ase.io.write(tmp, frames, format="extxyz")
     return len(frames)

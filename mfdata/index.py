@@ -15,7 +15,7 @@ import numpy as np
 import zarr
 from zarr.codecs import BloscCodec
 
-from mfdata.records import LabelKey, Structures
+from mfdata.records import InvalidDataError, LabelKey, Structures
 
 MAX_LABEL_COLUMNS = 64
 
@@ -39,7 +39,10 @@ class StructureIndex:
     def from_structures(cls, s: Structures, hashes: np.ndarray) -> StructureIndex:
         columns = sorted(s.labels)
         if len(columns) > MAX_LABEL_COLUMNS:
-            raise ValueError(f"{len(columns)} label columns; the index holds {MAX_LABEL_COLUMNS}")
+            raise InvalidDataError(
+                f"{len(columns)} (level, label) pairs; a store's index holds at most "
+                f"{MAX_LABEL_COLUMNS}"
+            )
         labels = np.zeros(s.n_structures, dtype=np.uint64)
         for k, key in enumerate(columns):
             labels |= s.labels[key].present.astype(np.uint64) << np.uint64(k)

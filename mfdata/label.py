@@ -39,9 +39,10 @@ from ase.calculators.calculator import all_changes
 from tqdm import tqdm
 
 from mfdata.calculators import CalculationError, calculator, program_version
+from mfdata.errors import UsageError
 from mfdata.files import file_sha256
 from mfdata.levels import registry, resolve_level
-from mfdata.readers import detect_format, read_ase
+from mfdata.readers import AseReader, detect_format, read_ase, reader_spec
 from mfdata.records import InvalidDataError, Label, Source, validate
 from mfdata.registry import check_name_free, open_store, register
 from mfdata.schema import ComputeRecipe, DatasetManifest, LabellingRun, LevelOfTheory
@@ -84,7 +85,7 @@ def subset_indices(n_total: int, n: int | None, seed: int) -> np.ndarray:
     if n is None:
         return np.arange(n_total)
     if not 1 <= n <= n_total:
-        raise ValueError(f"--n {n}: the source has {n_total} structures")
+        raise UsageError(f"--n {n}: the source has {n_total} structures")
     return np.sort(np.random.default_rng(seed).permutation(n_total)[:n])
 
 
@@ -105,17 +106,17 @@ def read_geometries(path: str | Path) -> tuple[Source, str, np.ndarray, np.ndarr
         source.source_units = {}
         source.atom_energies = {}
         return source, store.manifest.checksum, np.ones(s.n_structures, bool), s.multiplicity > 0
-    fmt = detect_format(str(path))
-    if fmt not in ("extxyz", "ase", "ase-db"):
+    spec = reader_spec(detect_format(str(path)))
+    if not isinstance(spec.read, AseReader):
         raise InvalidDataError(
-            f"{path}: a {fmt} file; convert it first (mfdata convert) and label the store"
+            f"{path}: a {spec.name} file; convert it first (mfdata convert) and label the store"
         )
-    ase_format = {"ase-db": "db", "extxyz": "extxyz", "ase": None}[fmt]
+    ase_format = spec.read.format
     source = read_ase(str(path), [], format=ase_format)
     validate(source)
     infos = (
         [row.key_value_pairs for row in ase.db.connect(str(path)).select()]
-        if fmt == "ase-db"
+        if ase_format == "db"
         else [atoms.info for atoms in ase.io.iread(str(path), index=":", format=ase_format)]
     )
     charge_stated = np.array([_states_charge(info) for info in infos], dtype=bool)
@@ -177,13 +178,13 @@ def plan_labelling(
     recipe = lot.compute
     if recipe is None:
         computable = [lvl.id for lvl in registry().values() if lvl.compute is not None]
-        raise ValueError(
+        raise UsageError(
             f"level {lot.id} has no compute recipe in catalogs/levels.yaml, so mfkit cannot "
             f"compute it; levels it can compute: {', '.join(computable)}"
         )
     unknown = [label for label in labels or [] if label not in recipe.labels]
     if unknown:
-        raise ValueError(
+        raise UsageError(
             f"--labels {','.join(unknown)}: the {lot.id} recipe computes only "
             f"{', '.join(recipe.labels)}"
         )
@@ -357,7 +358,7 @@ def _single_threaded_children() -> Iterator[None]:
 def run_labelling(plan: LabelPlan, workers: int = 1) -> DatasetManifest:
     """Compute what the journal lacks over ``workers`` processes, then write the store."""
     if workers < 1:
-        raise ValueError(f"--workers {workers}: need at least 1")
+        raise UsageError(f"--workers {workers}: need at least 1")
     done = _open_journal(plan)
     s = plan.source.structures
     start = s.atom_start

@@ -9,10 +9,19 @@ import difflib
 from functools import cache
 
 import yaml
+from pydantic import ValidationError
 
 from mfdata.errors import MfkitError
 from mfdata.resources import catalog_file
 from mfdata.schema import LevelOfTheory, LevelRegistry
+
+REGISTRY_FILE = "catalogs/levels.yaml"
+
+
+class CatalogError(MfkitError, ValueError):
+    """A file under ``catalogs/`` (the level registry or a dataset entry) that fails its
+    checks, or a dataset name the catalog does not have. Defined here, not in
+    :mod:`mfdata.catalog`, because the level registry is read first and the catalog needs it."""
 
 
 class UnknownLevelError(MfkitError, KeyError):
@@ -29,11 +38,17 @@ def _key(name: str) -> str:
 @cache
 def registry() -> dict[str, LevelOfTheory]:
     """All known levels by id, in registry order."""
-    data = yaml.safe_load(catalog_file("levels.yaml").read_text(encoding="utf-8"))
-    levels = LevelRegistry.model_validate(data).levels
+    try:
+        data = yaml.safe_load(catalog_file("levels.yaml").read_text(encoding="utf-8"))
+        levels = LevelRegistry.model_validate(data).levels
+    except yaml.YAMLError as exc:
+        raise CatalogError(f"{REGISTRY_FILE}: not valid YAML: {exc}") from exc
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        raise CatalogError(f"{REGISTRY_FILE}: invalid level registry: {problems}") from exc
     by_id = {level.id: level for level in levels}
     if len(by_id) != len(levels):
-        raise ValueError("catalogs/levels.yaml: duplicate level ids")
+        raise CatalogError(f"{REGISTRY_FILE}: duplicate level ids")
     return by_id
 
 
@@ -44,7 +59,7 @@ def _lookup() -> dict[str, str]:
         for name in (level.id, level.name, *level.aliases):
             owner = table.setdefault(_key(name), level.id)
             if owner != level.id:
-                raise ValueError(f"levels.yaml: {name!r} names both {owner} and {level.id}")
+                raise CatalogError(f"{REGISTRY_FILE}: {name!r} names both {owner} and {level.id}")
     return table
 
 

@@ -8,7 +8,6 @@ flags), the target temperature, the MD step and the seed.
 from __future__ import annotations
 
 import os
-import uuid
 from pathlib import Path
 
 import ase.io
@@ -22,6 +21,8 @@ from ase.md.velocitydistribution import MaxwellBoltzmannDistribution, Stationary
 from tqdm import tqdm
 
 from mfdata.calculators import calculator
+from mfdata.errors import UsageError
+from mfdata.files import atomic_file
 from mfdata.levels import registry
 from mfdata.records import InvalidDataError
 
@@ -95,9 +96,9 @@ def sample(
     """
     out = Path(out)
     if n < 1 or interval < 1 or equilibration < 0:
-        raise ValueError("--n and --interval must be positive, --equilibration not negative")
+        raise UsageError("--n and --interval must be positive, --equilibration not negative")
     if temperature <= 0 or timestep <= 0 or friction <= 0:
-        raise ValueError("--temperature, --timestep and friction must be positive")
+        raise UsageError("--temperature, --timestep and friction must be positive")
     if out.exists():
         raise FileExistsError(f"{out}: already exists; choose another output path")
     atoms, built = initial_structure(name_or_file)
@@ -139,11 +140,7 @@ def sample(
                 md_level=MD_LEVEL,
             )
             frames.append(frame)
-    tmp = out.parent / f".{out.name}.{uuid.uuid4().hex[:8]}"
     out.parent.mkdir(parents=True, exist_ok=True)
-    try:
+    with atomic_file(out) as tmp:
         ase.io.write(tmp, frames, format="extxyz")
-        os.replace(tmp, out)
-    finally:
-        tmp.unlink(missing_ok=True)
     return out

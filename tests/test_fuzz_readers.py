@@ -1,11 +1,11 @@
 """Fuzzing the readers with corrupt inputs: bad input is an error naming the file, never a crash.
 
 The property, for every format: ``read_source`` either returns a Source that passes ``validate``,
-or raises a documented user error (InvalidDataError, UnitError, UnknownLevelError) whose message
-names the file. Any other exception (IndexError, KeyError, TypeError, ...) fails the test, and so
-does a structure or label dropped without a word. Where a corruption cannot be read as valid data
-(NaN in a geometry, inf in a label, a wrong atom count, a dropped column) the test demands the
-error, and that it names the record.
+or raises a user error (an :class:`~mfdata.errors.MfkitError`: InvalidDataError, UnitError,
+UnknownLevelError...) whose message names the file. Any other exception (IndexError, KeyError,
+TypeError, ...) fails the test, and so does a structure or label dropped without a word. Where a
+corruption cannot be read as valid data (NaN in a geometry, inf in a label, a wrong atom count, a
+dropped column) the test demands the error, and that it names the record.
 """
 
 from __future__ import annotations
@@ -24,14 +24,12 @@ from ase.io import read
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from mfdata.levels import UnknownLevelError
+from mfdata.errors import MfkitError
 from mfdata.readers import read_source
-from mfdata.records import InvalidDataError, Source, validate
-from mfdata.units import UnitError
+from mfdata.records import Source, validate
 
 from .conftest import SHARED
 
-USER_ERRORS = (InvalidDataError, UnitError, UnknownLevelError)
 FUZZ = settings(
     max_examples=60,
     deadline=None,
@@ -49,7 +47,7 @@ def outcome(path: Path, **options) -> tuple[Source | None, str]:
     """
     try:
         source = read_source(str(path), **options)
-    except USER_ERRORS as exc:
+    except MfkitError as exc:
         message = str(exc)
         assert str(path) in message, f"the error does not name the file: {message}"
         assert "\n" not in message.strip(), f"not a one-line reason: {message!r}"

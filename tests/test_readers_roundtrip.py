@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import h5py
 import numpy as np
 import pytest
@@ -10,6 +14,9 @@ from ase.build import bulk
 from ase.calculators.emt import EMT
 from ase.io import read, write
 
+from mfdata.convert import convert as convert_files
+from mfdata.readers import READERS
+from mfdata.registry import registered
 from mfdata.store.store import Store
 from tests.conftest import run_cli
 
@@ -361,3 +368,56 @@ def test_unused_units_are_an_error(tmp_path, shared):
         check=False,
     )
     assert proc.returncode == 2 and "--units Emp2" in proc.stderr
+
+
+def test_format_help_lists_every_reader():
+    """``convert --format``'s help and choices come from the reader table: none is missing."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "mfdata.cli", "convert", "--help"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "TERMINAL_WIDTH": "1000"},
+        check=True,
+    )
+    assert f"<{'|'.join(READERS)}>" in proc.stdout  # the choices
+    for spec in READERS.values():
+        assert spec.help() in proc.stdout
+
+
+def test_convert_library_matches_the_cli(tmp_path, shared):
+    """A Python user calling ``mfdata.convert.convert`` gets the store the command line makes."""
+    path = shared / "qm7b_showcase_hf_mp2_ccsd" / "showcase-mp2-ccsd-energy.xyz"
+    cli = convert(
+        tmp_path,
+        path,
+        "--map",
+        "MP2_energy_Ha=MP2/d-aug-cc-pVDZ:energy",
+        "--map",
+        "CCSD_energy_Ha=ccsd-daugccpvdz:energy",
+        "--units",
+        "MP2_energy_Ha=Hartree",
+        "--units",
+        "CCSD_energy_Ha=Hartree",
+    )
+    library = convert_files(
+        [path],
+        tmp_path / "library",
+        maps=[
+            "MP2_energy_Ha=MP2/d-aug-cc-pVDZ:energy",
+            ("CCSD_energy_Ha", "CCSD/d-aug-cc-pVDZ", "energy"),
+        ],
+        units={"MP2_energy_Ha": "Hartree", "CCSD_energy_Ha": "Hartree"},
+    )
+    assert library.manifest.checksum == cli.manifest.checksum
+    assert registered()["library"] == str((tmp_path / "library").resolve())
+
+
+def test_convert_library_with_a_catalog_entry(tmp_path, shared):
+    """The catalog fills in the options and the isolated-atoms file; notes go to ``notify``."""
+    path = shared / "botnet_3BPA" / "train_300K.xyz"
+    notes: list[str] = []
+    library = convert_files([path], tmp_path / "library", catalog="3bpa", notify=notes.append)
+    cli = convert(tmp_path, path, "--catalog", "3bpa")
+    assert library.manifest.checksum == cli.manifest.checksum
+    assert notes == [f"3bpa: isolated atoms from {path.parent / 'iso_atoms.xyz'}"]
+    assert library.info()["atom_energies"] == cli.info()["atom_energies"]

@@ -1,28 +1,50 @@
-"""Readers, one per source format, and ``read_source``: the one entry point that picks them.
+"""Readers, one per source format, the table that describes them, and ``read_source``.
+
+Like ``ase.io``'s format table, :data:`READERS` holds one :class:`ReaderSpec` per format: its
+name, the function that reads it, the file suffixes it claims, how its content is recognised
+where formats share a suffix (the HDF5 releases), its default level and the read options it
+takes. Detection, the ``mfdata convert --format`` help and its choices, and the catalog's check
+of reader names all come from this table, so a new format is one new entry.
 
 Every reader returns a :class:`mfdata.records.Source` in canonical units with level ids.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NoReturn
 
 import h5py
 
+from mfdata.errors import UsageError
 from mfdata.levels import resolve_level
-from mfdata.readers._common import H5_ERRORS, KeyMapping, h5_keys, h5_name, open_h5, parse_mapping
-from mfdata.readers.ani import read_ani2x_h5, read_ani_h5
+from mfdata.readers._common import (
+    H5_ERRORS,
+    KeyMapping,
+    checked_mapping,
+    h5_keys,
+    h5_name,
+    open_h5,
+    parse_mapping,
+)
+from mfdata.readers.ani import ANI2X_LEVEL, read_ani2x_h5, read_ani_h5
 from mfdata.readers.ase_io import ase_mappings, read_ase
 from mfdata.readers.sgdml import read_sgdml_npz
-from mfdata.readers.spice import read_spice_h5
+from mfdata.readers.spice import SPICE_LEVEL, read_spice_h5
 from mfdata.records import InvalidDataError, Source, validate
-
-FORMATS = ("ani1x", "ani2x", "spice", "sgdml", "ase-db", "extxyz", "ase")
 
 __all__ = [
     "FORMATS",
+    "READERS",
+    "AseReader",
     "KeyMapping",
+    "ReadOptions",
+    "ReaderSpec",
+    "checked_mapping",
     "detect_format",
+    "format_help",
     "parse_mapping",
     "read_ani2x_h5",
     "read_ani_h5",
@@ -30,48 +52,229 @@ __all__ = [
     "read_sgdml_npz",
     "read_source",
     "read_spice_h5",
+    "reader_spec",
 ]
 
 
-def _hdf5_format(path: str) -> str:
+@dataclass(frozen=True)
+class ReadOptions:
+    """What ``read_source`` was asked, handed to a reader; each reader uses the options its
+    :attr:`ReaderSpec.options` names and ignores the rest (one set of options serves every file
+    of a multi-file conversion)."""
+
+    level: str | None = None
+    maps: Sequence[tuple[str, str, str]] = ()
+    units: Mapping[str, str] = field(default_factory=dict)
+    pbc: bool | None = None
+    isolated_atoms: tuple[str, str] | None = None
+    all_isolated: bool = False
+    group_key: str | None = None
+    id_key: str | None = None
+    maps_optional: bool = False
+
+
+@dataclass(frozen=True)
+class ReaderSpec:
+    """One source format: what it is called, how it is read and how a file is recognised."""
+
+    name: str
+    read: Callable[[str, ReadOptions], Source]
+    description: str
+    suffixes: tuple[str, ...] = ()  # lower case, with the dot; empty: only by --format
+    recognise: Callable[[str], bool] | None = None  # content test where formats share a suffix
+    default_level: str | None = None  # the level of a release file that does not name it
+    options: frozenset[str] = frozenset()  # the ReadOptions fields the reader uses
+
+    def help(self) -> str:
+        """One entry of ``--format``'s help: name, what it is, suffixes, default level."""
+        details = [self.description]
+        if self.suffixes:
+            details.append("/".join(self.suffixes))
+        if self.default_level is not None:
+            details.append(f"level {self.default_level} unless --level")
+        return f"{self.name} ({', '.join(details)})"
+
+
+@dataclass(frozen=True)
+class AseReader:
+    """The reader of a format read through ``ase.io``; ``format`` is ase.io's name for it
+    (None: ase.io guesses from the file). ``mfdata label`` reads geometries with it too."""
+
+    format: str | None
+
+    def __call__(self, path: str, options: ReadOptions) -> Source:
+        return read_ase(
+            path,
+            _ase_key_mappings(path, options),
+            format=self.format,
+            pbc=options.pbc,
+            isolated_atoms=options.isolated_atoms,
+            all_isolated=options.all_isolated,
+            group_key=options.group_key,
+            id_key=options.id_key,
+        )
+
+
+def _ase_key_mappings(path: str, options: ReadOptions) -> list[KeyMapping]:
+    """``--map`` keys plus, under ``--level``, ASE's standard keys not mapped otherwise.
+
+    The implied standard keys may be absent; mapped keys may be absent only when the caller
+    checks the union over several files (``maps_optional``).
+    """
+    maps = list(options.maps)
+    implied: list[str] = []
+    if options.level is not None:
+        mapped = {key for key, _, _ in maps}
+        implied = [k for k in ("energy", "forces", "stress") if k not in mapped]
+        maps += [(k, resolve_level(options.level).id, k) for k in implied]
+    if not maps:
+        raise UsageError(
+            f"{path}: say which level of theory the labels are at: --level LEVEL for ASE's "
+            "energy, forces and stress keys, or --map KEY=LEVEL:LABEL"
+        )
+    optional = [key for key, _, _ in maps] if options.maps_optional else implied
+    return ase_mappings(maps, options.units, path, optional=optional)
+
+
+def _read_ani1x(path: str, options: ReadOptions) -> Source:
+    return read_ani_h5(path)
+
+
+def _read_ani2x(path: str, options: ReadOptions) -> Source:
+    return read_ani2x_h5(path, options.level or ANI2X_LEVEL)
+
+
+def _read_spice(path: str, options: ReadOptions) -> Source:
+    return read_spice_h5(path, options.level or SPICE_LEVEL)
+
+
+def _read_sgdml(path: str, options: ReadOptions) -> Source:
+    return read_sgdml_npz(path, options.level, options.units.get("E"), options.units.get("R"))
+
+
+def _first_group_members(path: str) -> set[str]:
+    """Member names of an HDF5 file's first top-level group (empty if it has no group)."""
     with open_h5(path) as f:
         names = h5_keys(path, f, "top level")
-        first = None
-        if names:
-            try:
-                first = f.get(names[0])
-            except H5_ERRORS as exc:
-                raise InvalidDataError(f"{path}: group {h5_name(names[0])}: {exc}") from exc
-        where = f"group {h5_name(names[0])}" if names else ""
-        keys = (
-            {h5_name(k) for k in h5_keys(path, first, where)}
-            if isinstance(first, h5py.Group)
-            else set()
-        )
-    if {"atomic_numbers", "conformations"} <= keys:
-        return "spice"
-    if {"atomic_numbers", "coordinates"} <= keys:
-        return "ani1x"
-    if {"species", "coordinates", "energies"} <= keys:
-        return "ani2x"
-    raise InvalidDataError(
-        f"{path}: HDF5 layout not recognised (first group has {sorted(keys)}); mfkit reads the "
-        "ANI-1x/ANI-1ccx, ANI-2x and SPICE release layouts"
+        if not names:
+            return set()
+        where = f"group {h5_name(names[0])}"
+        try:
+            first = f.get(names[0])
+        except H5_ERRORS as exc:
+            raise InvalidDataError(f"{path}: {where}: {exc}") from exc
+        if not isinstance(first, h5py.Group):
+            return set()
+        return {h5_name(k) for k in h5_keys(path, first, where)}
+
+
+def _first_group_has(*members: str) -> Callable[[str], bool]:
+    """A content test: the first HDF5 group holds all of ``members``."""
+    return lambda path: set(members) <= _first_group_members(path)
+
+
+HDF5 = (".h5", ".hdf5")
+ASE_OPTIONS = frozenset(
+    {"level", "maps", "units", "pbc", "isolated_atoms", "all_isolated", "group_key", "id_key"}
+)
+
+# Detection tries, in table order, the entries that claim a file's suffix; a file whose suffix
+# no entry claims goes to FALLBACK, since ase.io reads dozens of formats and guesses among them.
+READERS: dict[str, ReaderSpec] = {
+    spec.name: spec
+    for spec in (
+        ReaderSpec(
+            name="ani1x",
+            read=_read_ani1x,
+            description="ANI-1x/ANI-1ccx release HDF5",
+            suffixes=HDF5,
+            recognise=_first_group_has("atomic_numbers", "coordinates"),
+        ),
+        ReaderSpec(
+            name="ani2x",
+            read=_read_ani2x,
+            description="ANI-2x release HDF5",
+            suffixes=HDF5,
+            recognise=_first_group_has("species", "coordinates", "energies"),
+            default_level=ANI2X_LEVEL,
+            options=frozenset({"level"}),
+        ),
+        ReaderSpec(
+            name="spice",
+            read=_read_spice,
+            description="SPICE release HDF5",
+            suffixes=HDF5,
+            recognise=_first_group_has("atomic_numbers", "conformations"),
+            default_level=SPICE_LEVEL,
+            options=frozenset({"level"}),
+        ),
+        ReaderSpec(
+            name="sgdml",
+            read=_read_sgdml,
+            description="sGDML npz",
+            suffixes=(".npz",),
+            options=frozenset({"level", "units"}),
+        ),
+        ReaderSpec(
+            name="ase-db",
+            read=AseReader("db"),
+            description="ASE database",
+            suffixes=(".db",),
+            options=ASE_OPTIONS,
+        ),
+        ReaderSpec(
+            name="extxyz",
+            read=AseReader("extxyz"),
+            description="extended XYZ",
+            suffixes=(".xyz", ".extxyz"),
+            options=ASE_OPTIONS,
+        ),
+        ReaderSpec(
+            name="ase",
+            read=AseReader(None),
+            description="anything else ase.io reads",
+            options=ASE_OPTIONS,
+        ),
+    )
+}
+FALLBACK = "ase"
+FORMATS = tuple(READERS)
+
+
+def format_help() -> str:
+    """The ``--format`` help text: every format in the table, with its suffixes."""
+    return "Input format (default: from the suffix and content): " + "; ".join(
+        spec.help() for spec in READERS.values()
     )
 
 
+def reader_spec(name: str) -> ReaderSpec:
+    """The table entry of format ``name``; an unknown name is a usage error listing them."""
+    if name not in READERS:
+        raise UsageError(f"unknown format {name!r}; known: {', '.join(FORMATS)}")
+    return READERS[name]
+
+
 def detect_format(path: str) -> str:
-    """The format of ``path``, from its suffix and, for HDF5, its layout."""
+    """The format of ``path``: the one entry claiming its suffix, else the claimant whose
+    content test passes; a suffix nobody claims is read by ase.io."""
     suffix = Path(path).suffix.lower()
-    if suffix in (".h5", ".hdf5"):
-        return _hdf5_format(path)
-    if suffix == ".npz":
-        return "sgdml"
-    if suffix == ".db":
-        return "ase-db"
-    if suffix in (".xyz", ".extxyz"):
-        return "extxyz"
-    return "ase"
+    claimants = [spec for spec in READERS.values() if suffix in spec.suffixes]
+    if not claimants:
+        return FALLBACK
+    for spec in claimants:
+        if spec.recognise is None or spec.recognise(path):
+            return spec.name
+    _unrecognised(path, claimants)
+
+
+def _unrecognised(path: str, claimants: list[ReaderSpec]) -> NoReturn:
+    suffix = Path(path).suffix.lower()
+    names = ", ".join(spec.description for spec in claimants)
+    found = f" (first group has {sorted(_first_group_members(path))})" if suffix in HDF5 else ""
+    raise InvalidDataError(
+        f"{path}: layout not recognised{found}; the {suffix} files mfkit reads are: {names}"
+    )
 
 
 def read_source(
@@ -79,8 +282,8 @@ def read_source(
     format: str | None = None,
     *,
     level: str | None = None,
-    maps: list[tuple[str, str, str]] = (),
-    units: dict[str, str] | None = None,
+    maps: Sequence[tuple[str, str, str]] = (),
+    units: Mapping[str, str] | None = None,
     pbc: bool | None = None,
     isolated_atoms: tuple[str, str] | None = None,
     all_isolated: bool = False,
@@ -88,52 +291,29 @@ def read_source(
     id_key: str | None = None,
     maps_optional: bool = False,
 ) -> Source:
-    """Read ``path`` with the reader of its format and check it.
+    """Read ``path`` with the reader of its format (given, or detected) and check it.
 
     ``level`` names the level of a single-level file (ASE formats: it takes ASE's standard keys
     energy, forces and stress); ``maps`` are (key, level id, label) for any other key, with
     ``units`` by key. HDF5 releases need neither. A mapped key that no record has is an error,
     unless ``maps_optional`` (one of several files, where the caller checks the union).
     """
-    units = units or {}
     if not Path(path).is_file():
         raise InvalidDataError(f"{path}: no such file")
-    fmt = format or detect_format(path)
-    if fmt not in FORMATS:
-        raise InvalidDataError(f"{path}: unknown format {fmt!r}; known: {', '.join(FORMATS)}")
-    if id_key is not None and fmt not in ("ase", "ase-db", "extxyz"):
-        raise InvalidDataError(f"{path}: {fmt} files have no id key; link them by geometry")
-    if fmt == "ani1x":
-        source = read_ani_h5(path)
-    elif fmt == "ani2x":
-        source = read_ani2x_h5(path, level or "wb97x-631gd")
-    elif fmt == "spice":
-        source = read_spice_h5(path, level or "wb97md3bj-def2tzvppd")
-    elif fmt == "sgdml":
-        source = read_sgdml_npz(path, level, units.get("E"), units.get("R"))
-    else:
-        all_maps = list(maps)
-        implied: list[str] = []
-        if level is not None:
-            mapped = {key for key, _, _ in all_maps}
-            implied = [k for k in ("energy", "forces", "stress") if k not in mapped]
-            all_maps += [(k, resolve_level(level).id, k) for k in implied]
-        optional = [key for key, _, _ in all_maps] if maps_optional else implied
-        if not all_maps:
-            raise InvalidDataError(
-                f"{path}: say which level of theory the labels are at: --level LEVEL for ASE's "
-                "energy, forces and stress keys, or --map KEY=LEVEL:LABEL"
-            )
-        ase_format = {"ase-db": "db", "extxyz": "extxyz", "ase": None}[fmt]
-        source = read_ase(
-            path,
-            ase_mappings(all_maps, units, path, optional=optional),
-            format=ase_format,
-            pbc=pbc,
-            isolated_atoms=isolated_atoms,
-            all_isolated=all_isolated,
-            group_key=group_key,
-            id_key=id_key,
-        )
+    spec = reader_spec(format or detect_format(path))
+    if id_key is not None and "id_key" not in spec.options:
+        raise UsageError(f"{path}: {spec.name} files have no id key; link them by geometry")
+    options = ReadOptions(
+        level=level,
+        maps=maps,
+        units=units or {},
+        pbc=pbc,
+        isolated_atoms=isolated_atoms,
+        all_isolated=all_isolated,
+        group_key=group_key,
+        id_key=id_key,
+        maps_optional=maps_optional,
+    )
+    source = spec.read(path, options)
     validate(source)
     return source

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import h5py
 import numpy as np
 
+from mfdata.errors import UsageError
 from mfdata.levels import resolve_level
 from mfdata.records import InvalidDataError
 from mfdata.schema import LabelKind, label_kind
@@ -49,10 +50,18 @@ def parse_mapping(text: str) -> tuple[str, str, str]:
     key, sep, target = text.partition("=")
     level, sep2, label = target.rpartition(":")
     if not (sep and sep2 and key and level and label):
-        raise ValueError(
+        raise UsageError(
             f"--map {text!r}: expected KEY=LEVEL:LABEL, e.g. Emp2=mp2-augccpvdz:energy"
         )
-    label_kind(label)
+    return checked_mapping(key, level, label)
+
+
+def checked_mapping(key: str, level: str, label: str) -> tuple[str, str, str]:
+    """(key, level id, label) with the level resolved (an id or an alias) and the label known."""
+    try:
+        label_kind(label)
+    except ValueError as exc:  # schema's label check predates UsageError
+        raise UsageError(f"--map {key}={level}:{label}: {exc}") from exc
     return key, resolve_level(level).id, label
 
 

@@ -40,6 +40,7 @@ from mfdata.records import (
 from mfdata.schema import LABEL_KINDS
 from mfdata.units import conversion_factor
 
+ANI2X_LEVEL = "wb97x-631gd"  # the release's level; the file does not name it
 HARTREE = "Hartree"
 HARTREE_PER_ANGSTROM = "Hartree/Å"
 
@@ -199,7 +200,7 @@ def _attach_labels(s: Structures, raw: dict[tuple[str, str], list[np.ndarray]]) 
             s.labels[key] = Label(values, present)
 
 
-def read_ani2x_h5(path: str, level: str = "wb97x-631gd") -> Source:
+def read_ani2x_h5(path: str, level: str = ANI2X_LEVEL) -> Source:
     """ANI-2x release HDF5: ``species``, ``coordinates``, ``energies``, ``forces`` by atom count."""
     level_id = resolve_level(level).id
     numbers, positions, n_atoms, energies, forces, names = [], [], [], [], [], []

@@ -1,0 +1,270 @@
+"""Source files (or stores) into a new store: the library behind ``mfdata convert`` and
+``mfdata merge``, so that Python code gets exactly what the command line gets.
+
+Everything that can be refused (a unit no key uses, a bad ``link_by``, an existing output, a
+store name taken) is refused before any file is read. Every label is tagged with its level id
+and converted to canonical units by the readers; sources are linked into one record per
+structure, written atomically and registered by name.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import get_args
+
+from mfdata.catalog import ConvertOptions, convert_options, find_entry
+from mfdata.errors import UsageError
+from mfdata.linking import link_sources
+from mfdata.readers import checked_mapping, parse_mapping, read_source, reader_spec
+from mfdata.records import DEFAULT_GEOMETRY_TOLERANCE, InvalidDataError, Source
+from mfdata.registry import check_name_free, open_store, register
+from mfdata.schema import label_kind
+from mfdata.store.store import Store, store_as_source, write_store
+from mfdata.store.zarr_store import Precision
+
+PRECISIONS: tuple[str, ...] = get_args(Precision)
+KeyMap = tuple[str, str, str]  # (source key, level, label)
+Notify = Callable[[str], None]
+
+# Keys whose unit may be stated without a map: ASE's standard keys and an sGDML file's E and R.
+UNMAPPED_UNIT_KEYS = frozenset({"energy", "free_energy", "forces", "stress", "E", "R"})
+
+
+def convert(
+    inputs: str | Path | Sequence[str | Path],
+    out: str | Path,
+    *,
+    format: str | None = None,
+    level: str | None = None,
+    maps: Iterable[str | KeyMap] = (),
+    units: Mapping[str, str] | None = None,
+    link_by: str | None = None,
+    tolerance: float = DEFAULT_GEOMETRY_TOLERANCE,
+    pbc: bool | None = None,
+    isolated_atoms: str | Path | tuple[str, str] | None = None,
+    group_key: str | None = None,
+    name: str | None = None,
+    precision: Precision = "lossless",
+    licence: str | None = None,
+    citation: str | None = None,
+    description: str | None = None,
+    catalog: str | None = None,
+    notify: Notify | None = None,
+) -> Store:
+    """Convert ``inputs`` (one file or several) into a new store at ``out``, register it as
+    ``name`` (default: the directory name) and return it.
+
+    ``format`` names the reader (default: detected per file); ``level`` is the level of ASE's
+    energy/forces/stress keys or of a single-level file; ``maps`` are ``"KEY=LEVEL:LABEL"``
+    strings or (key, level, label) tuples for any other key, with ``units`` by key.
+    ``link_by`` merges the inputs' records by ``"geometry"`` (within ``tolerance`` Å) or by
+    ``"id:KEY"``. ``pbc`` overrides periodicity. ``isolated_atoms`` is a file of single-atom
+    calculations, or a (key, value) pair (or ``"KEY=VALUE"``) marking them in the inputs.
+    ``catalog`` names a catalogued dataset whose reader options, licence and citation fill in
+    what the arguments leave open. ``notify`` receives one-line notes (which level a release
+    file was taken at, where isolated atoms came from); by default they are dropped.
+    """
+    inputs = [inputs] if isinstance(inputs, str | Path) else list(inputs)
+    if not inputs:
+        raise UsageError("no input files to convert")
+    notify = notify or _ignore
+    entry = convert_options(find_entry(catalog)) if catalog is not None else None
+    given = ConvertOptions(
+        format=format,
+        level=level,
+        maps=[_key_map(m) for m in maps],
+        units=dict(units or {}),
+        pbc=pbc,
+        group_key=group_key,
+        licence=licence,
+        citation=citation,
+        description=description,
+    )
+    options = given if entry is None else _fill_from_catalog(given, entry)
+    _check_units(options)
+    id_key = _id_key(link_by)
+    if precision not in PRECISIONS:
+        raise UsageError(f"--precision {precision!r}: expected {' or '.join(PRECISIONS)}")
+    name = _check_target(out, name)
+    marker, iso_files = _isolated_atoms(isolated_atoms, entry, catalog, inputs, notify)
+    iso_sources = [_read(f, options, all_isolated=True) for f in iso_files]
+    sources = [
+        _read(p, options, isolated_atoms=marker, id_key=id_key, maps_optional=len(inputs) > 1)
+        for p in inputs
+    ]
+    _check_maps_found(sources, options.maps)
+    if options.level is None:
+        _note_default_levels(sources, notify)
+    write_store(
+        out,
+        link_sources(sources, link_by, tolerance),
+        sources + iso_sources,
+        name=name,
+        link_by=link_by,
+        tolerance=tolerance,
+        precision=precision,
+        licence=options.licence,
+        citation=options.citation,
+        description=options.description,
+    )
+    register(name, out)
+    return Store(out)
+
+
+def merge(
+    stores: Sequence[str | Path],
+    out: str | Path,
+    *,
+    tolerance: float = DEFAULT_GEOMETRY_TOLERANCE,
+    name: str | None = None,
+) -> Store:
+    """Join ``stores`` (paths or registered names) by geometry into a new store at ``out``, so
+    that one record carries the labels of all; conflicting labels are an error. Registered as
+    ``name`` (default: the directory name) and returned."""
+    name = _check_target(out, name)
+    opened = [open_store(s) for s in stores]
+    sources = [store_as_source(s) for s in opened]
+    write_store(
+        out,
+        link_sources(sources, "geometry", tolerance),
+        sources,
+        name=name,
+        link_by="geometry",
+        tolerance=tolerance,
+        labelling=[run for s in opened for run in s.manifest.provenance.labelling],
+    )
+    register(name, out)
+    return Store(out)
+
+
+def _ignore(note: str) -> None:
+    """The default ``notify``: notes are for people at a terminal."""
+
+
+def _key_map(item: str | KeyMap) -> KeyMap:
+    """A key mapping from its text form or a tuple, with the level resolved to its id."""
+    return parse_mapping(item) if isinstance(item, str) else checked_mapping(*item)
+
+
+def _fill_from_catalog(given: ConvertOptions, entry: ConvertOptions) -> ConvertOptions:
+    """The user's options, with the catalog entry's wherever the user gave none; a key the
+    user maps replaces the catalog's mapping of that key."""
+    mapped = {key for key, _, _ in given.maps}
+    return ConvertOptions(
+        format=given.format or entry.format,
+        level=given.level or entry.level,
+        maps=[m for m in entry.maps if m[0] not in mapped] + given.maps,
+        units={**entry.units, **given.units},
+        pbc=entry.pbc if given.pbc is None else given.pbc,
+        group_key=given.group_key or entry.group_key,
+        licence=given.licence or entry.licence,
+        citation=given.citation or entry.citation,
+        description=given.description or entry.description,
+    )
+
+
+def _check_units(options: ConvertOptions) -> None:
+    """A unit for a key nothing reads is a mistake (a typo, or a forgotten map): refuse it."""
+    usable = {key for key, _, _ in options.maps} | UNMAPPED_UNIT_KEYS
+    unused = sorted(set(options.units) - usable)
+    if unused:
+        raise UsageError(
+            f"--units {', '.join(unused)}: no --map uses these keys (units belong to mapped keys, "
+            "ASE's standard keys, or an sGDML file's E and R)"
+        )
+
+
+def _id_key(link_by: str | None) -> str | None:
+    """The info key of ``link_by="id:KEY"``; None for geometry or no linking."""
+    if link_by is None or link_by == "geometry":
+        return None
+    if link_by.startswith("id:") and len(link_by) > 3:
+        return link_by[3:]
+    raise UsageError(f"--link-by {link_by!r}: expected 'geometry' or 'id:KEY'")
+
+
+def _check_target(out: str | Path, name: str | None) -> str:
+    """The store's name; an existing output or a name another store holds is refused first."""
+    if Path(out).exists():
+        raise FileExistsError(f"{out}: already exists; choose another output path")
+    name = name or Path(out).name
+    check_name_free(name, out)
+    return name
+
+
+def _isolated_atoms(
+    given: str | Path | tuple[str, str] | None,
+    entry: ConvertOptions | None,
+    catalog: str | None,
+    inputs: Sequence[str | Path],
+    notify: Notify,
+) -> tuple[tuple[str, str] | None, list[Path]]:
+    """The marker of isolated-atom records in the inputs, and the files that hold only them.
+
+    Given: a file, a (key, value) pair or ``"KEY=VALUE"``. Otherwise the catalog's marker and
+    file (beside the first input; a missing one only loses the isolated-atom energies).
+    """
+    if isinstance(given, tuple):
+        return given, []
+    if given is not None:
+        if Path(given).is_file():
+            return None, [Path(given)]
+        key, _, value = str(given).partition("=")
+        if not value:
+            raise UsageError(f"--isolated-atoms {str(given)!r}: not a file, and not KEY=VALUE")
+        return (key, value), []
+    if entry is None:
+        return None, []
+    if entry.isolated_atoms_file is None:
+        return entry.isolated_atoms, []
+    iso_file = Path(inputs[0]).parent / entry.isolated_atoms_file
+    if not iso_file.is_file():
+        notify(f"{catalog}: no {iso_file}: no isolated-atom energies")
+        return entry.isolated_atoms, []
+    if any(iso_file.samefile(path) for path in inputs):
+        return entry.isolated_atoms, []
+    notify(f"{catalog}: isolated atoms from {iso_file}")
+    return entry.isolated_atoms, [iso_file]
+
+
+def _read(
+    path: str | Path,
+    options: ConvertOptions,
+    *,
+    isolated_atoms: tuple[str, str] | None = None,
+    all_isolated: bool = False,
+    id_key: str | None = None,
+    maps_optional: bool = False,
+) -> Source:
+    return read_source(
+        str(path),
+        options.format,
+        level=options.level,
+        maps=options.maps,
+        units=options.units,
+        pbc=options.pbc,
+        isolated_atoms=isolated_atoms,
+        all_isolated=all_isolated,
+        group_key=options.group_key,
+        id_key=id_key,
+        maps_optional=maps_optional,
+    )
+
+
+def _check_maps_found(sources: list[Source], maps: list[KeyMap]) -> None:
+    """Each mapped key must be in some record of some input (each file may lack it)."""
+    found = {key for source in sources for key in source.structures.labels}
+    for key, level_id, label in maps:
+        if (level_id, label_kind(label)[0].name) not in found:
+            raise InvalidDataError(f"no record of any source has the key {key!r} (--map {key})")
+
+
+def _note_default_levels(sources: list[Source], notify: Notify) -> None:
+    """Name the level a release file was taken at when the file does not say and nobody did."""
+    for source in sources:
+        default = reader_spec(source.reader).default_level
+        if default is not None:
+            notify(
+                f"{source.path}: {source.reader} release, level {default} (override with --level)"
+            )
