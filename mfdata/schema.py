@@ -13,7 +13,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from mfdata.errors import MfkitError
+from mfdata.errors import MfkitError, UsageError
 from mfdata.units import CANONICAL_UNITS
 
 FORMAT_VERSION = "1.0"
@@ -129,7 +129,7 @@ def label_kind(name: str) -> tuple[LabelKind, float]:
     kind_name, sign = LABEL_SIGN.get(name, (name, 1.0))
     if kind_name not in LABEL_KINDS:
         known = ", ".join([*LABEL_KINDS, *LABEL_SIGN])
-        raise ValueError(f"unknown label {name!r}; known labels: {known}")
+        raise UsageError(f"unknown label {name!r}; known labels: {known}")
     return LABEL_KINDS[kind_name], sign
 
 
@@ -275,7 +275,12 @@ class FormatVersionError(MfkitError, ValueError):
 
 def check_format_version(version: str, path: str | Path) -> None:
     """Refuse a store whose major format version is newer than the one this mfkit writes."""
-    major = int(version.split(".")[0])
+    try:
+        major = int(str(version).split(".")[0])
+    except ValueError:
+        raise FormatVersionError(
+            f"{path}: format_version {version!r} is not a version (expected MAJOR.MINOR)"
+        ) from None
     if major > int(FORMAT_VERSION.split(".")[0]):
         raise FormatVersionError(
             f"{path}: store format version {version} is newer than this mfkit understands "

@@ -22,8 +22,15 @@ settings.load_profile("default")
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    """No test touches the user's real registry, module-scoped fixtures included."""
+    """No test touches the user's real registry, module-scoped fixtures included. Under
+    pytest-xdist (``-n 2``: one worker per core) each worker and the processes it starts use one
+    thread, so two workers do not fight over the cores."""
     os.environ["MFKIT_HOME"] = tempfile.mkdtemp(prefix="mfkit_home_")
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        os.environ.setdefault("OMP_NUM_THREADS", "1")
+        import torch
+
+        torch.set_num_threads(1)
 
 
 @pytest.fixture(autouse=True)
