@@ -5,12 +5,16 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from mfdata.errors import MfkitError
-from mftrain.config import ConfigError
+from mftrain.studies import options
+
+if TYPE_CHECKING:
+    from mftrain.studies.args import StudyArgs
+    from mftrain.studies.recipe import Recipe
 
 app = typer.Typer(
     help="Multi-head NequIP potentials over levels of theory: train (fit), score (eval), export.",
@@ -118,11 +122,9 @@ def export(
 
 @app.command()
 def demo(
-    out: Annotated[Path, typer.Option(help="Study directory.")] = Path("mfkit-demo"),
-    budget_minutes: Annotated[
-        float, typer.Option(help="Training wall-clock minutes per model.")
-    ] = 2.0,
-    md: Annotated[bool, typer.Option(help="Run the MD check on the exported heads.")] = True,
+    out: options.Out = Path("mfkit-demo"),
+    budget_minutes: options.BudgetMinutes = 2.0,
+    md: options.MD = True,
 ) -> None:
     """The embedded default: the low-forces-high-energies study on the bundled methanol data
     (GFN2-xTB energies and forces, 100 wB97X/6-31G(d) energies), printing the comparison table."""
@@ -139,116 +141,74 @@ app.add_typer(study_app, name="study")
 
 @study_app.command("low-forces-high-energies")
 def study_low_forces(
-    data: Annotated[
-        str | None,
-        typer.Option("--data", help="A store (path or name); default: the bundled dataset."),
-    ] = None,
+    data: options.Data = None,
     low: Annotated[str, typer.Option(help="The cheap level: energies and forces.")] = "gfn2-xtb",
     high: Annotated[
         str, typer.Option(help="The expensive level: energies (forces only score).")
     ] = "wb97x-631gd-pyscf",
     n_high: Annotated[int, typer.Option(help="High-level energies used in training.")] = 100,
-    n_test: Annotated[int, typer.Option(help="Held-out test structures.")] = 50,
-    seeds: Annotated[int, typer.Option(help="Repeats of the comparison (seeds 0..K-1).")] = 1,
-    budget_minutes: Annotated[
-        float, typer.Option(help="Training wall-clock minutes per model and seed.")
-    ] = 2.0,
-    config: Annotated[
-        Path | None,
-        typer.Option(help="Base mftrain config every model shares (default: the study's)."),
-    ] = None,
-    md: Annotated[bool, typer.Option(help="Run the MD check on the exported heads.")] = True,
-    jobs: Annotated[
-        int | None, typer.Option(help="Runs at a time (default: one per CPU core).")
-    ] = None,
+    n_test: options.NTest = 50,
+    seeds: options.Seeds = 1,
+    budget_minutes: options.BudgetMinutes = 2.0,
+    config: options.Config = None,
+    md: options.MD = True,
+    jobs: options.Jobs = None,
     json_out: Annotated[
         Path | None, typer.Option("--json-out", help="Also write the JSON of numbers here.")
     ] = None,
-    out: Annotated[Path, typer.Option(help="Study directory.")] = Path(
-        "study-low-forces-high-energies"
-    ),
+    out: options.Out = Path("study-low-forces-high-energies"),
 ) -> None:
     """energy_only, multi_fidelity(_delta), energy_forces and the low-level forces themselves,
     scored on the high level's forces and energies of held-out structures."""
-    from mftrain.study import default_store
-    from mftrain.study_low_forces import LowForcesArgs, format_comparison, run_study
+    from mftrain.studies.low_forces import LowForces, LowForcesArgs
 
     args = LowForcesArgs(
-        data=data or default_store(),
-        low=low,
-        high=high,
-        n_high=n_high,
+        data=data,
         n_test=n_test,
         seeds=seeds,
         budget_minutes=budget_minutes,
-        config=None if config is None else str(config),
-        md=md,
-        out=str(out),
+        config=config,
         jobs=jobs,
+        out=out,
+        low=low,
+        high=high,
+        n_high=n_high,
+        md=md,
     )
-    summary = run_study(args, echo=typer.echo)
-    if json_out is not None:
-        json_out.write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
-    _show_study(out, format_comparison(summary))
+    _run_study(LowForces, args, json_out)
 
 
 @study_app.command("representations")
 def study_representations(
-    data: Annotated[
-        str | None,
-        typer.Option("--data", help="A store (path or name); default: the bundled dataset."),
-    ] = None,
-    levels: Annotated[
-        str | None, typer.Option(help="Levels to compare, e.g. gfn2-xtb,wb97x (default: all).")
-    ] = None,
-    n_test: Annotated[int, typer.Option(help="Held-out test structures.")] = 20,
-    seeds: Annotated[int, typer.Option(help="Seeds (two or more give the reference).")] = 2,
-    budget_minutes: Annotated[
-        float, typer.Option(help="Training wall-clock minutes per model and seed.")
-    ] = 2.0,
-    config: Annotated[
-        Path | None,
-        typer.Option(help="Base mftrain config every model shares (default: the study's)."),
-    ] = None,
-    jobs: Annotated[
-        int | None, typer.Option(help="Runs at a time (default: one per CPU core).")
-    ] = None,
-    out: Annotated[Path, typer.Option(help="Study directory.")] = Path("study-representations"),
+    data: options.Data = None,
+    levels: options.Levels = None,
+    n_test: options.NTest = 20,
+    seeds: options.Seeds = 2,
+    budget_minutes: options.BudgetMinutes = 2.0,
+    config: options.Config = None,
+    jobs: options.Jobs = None,
+    out: options.Out = Path("study-representations"),
 ) -> None:
     """Linear CKA between the backbones of single-level models and a multi-head model, on the
-    same held-out structures."""
-    from mftrain.study import default_store
-    from mftrain.study_representations import RepresentationsArgs, format_cka, run_study
+    same held-out structures (two seeds or more give the seed-to-seed reference)."""
+    from mftrain.studies.representations import Representations, RepresentationsArgs
 
     args = RepresentationsArgs(
-        data=data or default_store(),
-        levels=_levels_option(levels),
+        data=data,
         n_test=n_test,
         seeds=seeds,
         budget_minutes=budget_minutes,
-        config=None if config is None else str(config),
-        out=str(out),
+        config=config,
         jobs=jobs,
+        out=out,
+        levels=options.level_list(levels),
     )
-    summary = run_study(args, echo=typer.echo)
-    _show_study(out, format_cka(summary))
-
-
-def _show_study(out: Path, table: str) -> None:
-    typer.echo(f"report: {out / 'report.md'}; numbers: {out / 'results.json'}")
-    typer.echo(table)
-
-
-def _levels_option(text: str | None) -> list[str] | None:
-    return None if text is None else [x.strip() for x in text.split(",") if x.strip()]
+    _run_study(Representations, args)
 
 
 @study_app.command("pretrain-finetune")
 def study_pretrain_finetune(
-    data: Annotated[
-        str | None,
-        typer.Option("--data", help="A store (path or name); default: the bundled dataset."),
-    ] = None,
+    data: options.Data = None,
     pretrain: Annotated[
         str, typer.Option(help="Pre-training level (energies and forces).")
     ] = "gfn2-xtb",
@@ -256,100 +216,81 @@ def study_pretrain_finetune(
     sizes: Annotated[
         str, typer.Option(help="Fine-tuning set sizes N, e.g. 10,25,50,100.")
     ] = "10,25,50,100",
-    n_test: Annotated[int, typer.Option(help="Held-out test structures.")] = 50,
-    seeds: Annotated[int, typer.Option(help="Repeats (seeds 0..K-1).")] = 1,
-    budget_minutes: Annotated[
-        float, typer.Option(help="Training minutes per run (fine-tuning: stage 2).")
-    ] = 1.0,
+    n_test: options.NTest = 50,
+    seeds: options.Seeds = 1,
+    budget_minutes: options.BudgetMinutes = 1.0,
     pretrain_minutes: Annotated[float, typer.Option(help="Pre-training minutes.")] = 2.0,
-    config: Annotated[
-        Path | None,
-        typer.Option(help="Base mftrain config every run shares (default: the study's)."),
-    ] = None,
-    jobs: Annotated[
-        int | None, typer.Option(help="Runs at a time (default: one per CPU core).")
-    ] = None,
-    out: Annotated[Path, typer.Option(help="Study directory.")] = Path("study-pretrain-finetune"),
+    config: options.Config = None,
+    jobs: options.Jobs = None,
+    out: options.Out = Path("study-pretrain-finetune"),
 ) -> None:
     """From scratch against pre-trained and fine-tuned (full, frozen backbone, discriminative
     learning rates, energies only) at several fine-tuning set sizes: learning curves."""
-    from mftrain.study import default_store
-    from mftrain.study_transfer import (
-        PretrainFinetuneArgs,
-        format_learning_curves,
-        pretrain_finetune,
-    )
+    from mftrain.studies.pretrain_finetune import PretrainFinetune, PretrainFinetuneArgs
 
-    try:
-        sizes_list = [int(x) for x in sizes.split(",") if x.strip()]
-    except ValueError:
-        raise ConfigError(f"--sizes {sizes!r}: expected comma-separated integers") from None
     args = PretrainFinetuneArgs(
-        data=data or default_store(),
-        pretrain=pretrain,
-        finetune=finetune,
-        sizes=sizes_list,
+        data=data,
         n_test=n_test,
         seeds=seeds,
         budget_minutes=budget_minutes,
-        pretrain_minutes=pretrain_minutes,
-        config=None if config is None else str(config),
-        out=str(out),
+        config=config,
         jobs=jobs,
+        out=out,
+        pretrain=pretrain,
+        finetune=finetune,
+        sizes=options.size_list(sizes),
+        pretrain_minutes=pretrain_minutes,
     )
-    summary = pretrain_finetune(args, echo=typer.echo)
-    _show_study(out, format_learning_curves(summary))
+    _run_study(PretrainFinetune, args)
 
 
 @study_app.command("multihead-vs-finetune")
 def study_multihead_vs_finetune(
-    data: Annotated[
-        str | None,
-        typer.Option("--data", help="A store (path or name); default: the bundled dataset."),
-    ] = None,
-    levels: Annotated[
-        str | None, typer.Option(help="Levels, e.g. gfn2-xtb,wb97x (default: all).")
-    ] = None,
+    data: options.Data = None,
+    levels: options.Levels = None,
     pretrain: Annotated[
         str | None,
         typer.Option(help="Level the fine-tuned models start from (default: the most data)."),
     ] = None,
-    n_test: Annotated[int, typer.Option(help="Held-out test structures (with every level).")] = 20,
-    seeds: Annotated[int, typer.Option(help="Repeats (seeds 0..K-1).")] = 1,
-    budget_minutes: Annotated[float, typer.Option(help="Training minutes per run.")] = 2.0,
-    config: Annotated[
-        Path | None,
-        typer.Option(help="Base mftrain config every run shares (default: the study's)."),
-    ] = None,
-    jobs: Annotated[
-        int | None, typer.Option(help="Runs at a time (default: one per CPU core).")
-    ] = None,
-    out: Annotated[Path, typer.Option(help="Study directory.")] = Path(
-        "study-multihead-vs-finetune"
-    ),
+    n_test: options.NTest = 20,
+    seeds: options.Seeds = 1,
+    budget_minutes: options.BudgetMinutes = 2.0,
+    config: options.Config = None,
+    jobs: options.Jobs = None,
+    out: options.Out = Path("study-multihead-vs-finetune"),
 ) -> None:
     """Single-level models, one multi-head model and pre-trained/fine-tuned models, each scored
     on every level it has a head for."""
-    from mftrain.study import default_store
-    from mftrain.study_transfer import (
+    from mftrain.studies.multihead_vs_finetune import (
+        MultiheadVsFinetune,
         MultiheadVsFinetuneArgs,
-        format_every_level,
-        multihead_vs_finetune,
     )
 
     args = MultiheadVsFinetuneArgs(
-        data=data or default_store(),
-        levels=_levels_option(levels),
-        pretrain=pretrain,
+        data=data,
         n_test=n_test,
         seeds=seeds,
         budget_minutes=budget_minutes,
-        config=None if config is None else str(config),
-        out=str(out),
+        config=config,
         jobs=jobs,
+        out=out,
+        levels=options.level_list(levels),
+        pretrain=pretrain,
     )
-    summary = multihead_vs_finetune(args, echo=typer.echo)
-    _show_study(out, format_every_level(summary))
+    _run_study(MultiheadVsFinetune, args)
+
+
+def _run_study(recipe: type[Recipe], args: StudyArgs, json_out: Path | None = None) -> None:
+    """Run a study, optionally copy its numbers to ``json_out``, print where they are and its
+    comparison table."""
+    from mftrain.studies.runner import run_study
+
+    summary = run_study(recipe, args, echo=typer.echo)
+    if json_out is not None:
+        json_out.write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+    out = Path(args.out)
+    typer.echo(f"report: {out / 'report.md'}; numbers: {out / 'results.json'}")
+    typer.echo(recipe.table(summary))
 
 
 def main() -> None:

@@ -1,17 +1,21 @@
 """``mftrain study``: the low-forces-high-energies recipe end to end through the CLI on a tiny real
-store (GFN1-xTB low, GFN2-xTB high, both computed here with tblite), linear CKA's properties,
-and the MD check on an exported head."""
+store (GFN1-xTB low, GFN2-xTB high, both computed here with tblite), the other recipes on the same
+store, linear CKA's properties, the MD check on an exported head; and, without training, the
+checks every recipe shares (arguments, plan on rerun, finished runs) and the command line's
+options."""
 
 from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
 
 import numpy as np
 import pytest
 import yaml
 
+from mfdata.errors import MfkitError, UsageError
 from mfdata.split import split_indices
 from mfdata.store.store import Store
 from tests.conftest import run_cli
@@ -196,7 +200,7 @@ def test_md_check_on_an_exported_head(study):
     """The MD check on the energy_forces model's exported high-level head: finite drift."""
     from ase.build import molecule
 
-    from mftrain.analysis import md_check
+    from mftrain.studies.md import md_check
 
     package = study["out"] / "runs" / "seed-0" / "energy_forces" / f"{HIGH}.nequip.zip"
     check = md_check(package, molecule("CH3OH"), langevin_steps=20, nve_steps=40)
@@ -230,7 +234,7 @@ def test_bad_study_input_fails_before_work(tmp_path):
 def test_fragments_find_a_detached_atom():
     from ase.build import molecule
 
-    from mftrain.analysis import fragments
+    from mftrain.studies.md import fragments
 
     atoms = molecule("CH3OH")
     assert len(set(fragments(atoms, 1.5))) == 1
@@ -240,7 +244,7 @@ def test_fragments_find_a_detached_atom():
 
 
 def test_linear_cka_properties():
-    from mftrain.analysis import linear_cka
+    from mftrain.studies.cka import linear_cka
 
     rng = np.random.default_rng(0)
     x = rng.normal(size=(200, 16))
@@ -253,7 +257,7 @@ def test_linear_cka_properties():
     assert linear_cka(x, y) < 0.2, "independent representations"
     partial = np.hstack([x[:, :8], rng.normal(size=(200, 8))])
     assert linear_cka(x, y) < linear_cka(x, partial) < 1.0
-    with pytest.raises(ValueError, match="same n|one n"):
+    with pytest.raises(MfkitError, match="same n|one n"):
         linear_cka(x, y[:100])
 
 
@@ -319,3 +323,164 @@ def test_multihead_vs_finetune_recipe(tmp_path, tiny):
     assert set(numbers[f"finetune_{HIGH}"]) == {HIGH}, f"pre-trained on {LOW}, the larger level"
     for name in ("multihead", f"single_{HIGH}", f"finetune_{HIGH}"):
         assert math.isfinite(numbers[name][HIGH]["forces_mae"]), name
+
+
+# --------------------------------------------------------------------------- without training
+
+
+def low_forces_args(**changes):
+    from mftrain.studies.low_forces import LowForcesArgs
+
+    given = {"out": "o", "n_test": 50, "seeds": 1, "budget_minutes": 2.0, "n_high": 100}
+    return LowForcesArgs(**(given | {"low": LOW, "high": HIGH, "md": True} | changes))
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"n_test": 0}, "--n-test 0: must be at least 1"),
+        ({"seeds": 0}, "--seeds 0: must be at least 1"),
+        ({"budget_minutes": 0.0}, "--budget-minutes 0.0: must be positive"),
+        ({"budget_minutes": float("nan")}, "--budget-minutes nan: must be positive"),
+        ({"val_fraction": 0.5}, "--val-fraction 0.5: must be in (0, 0.5)"),
+        ({"jobs": 0}, "--jobs 0: must be at least 1"),
+        ({"n_high": 0}, "--n-high 0: must be at least 1"),
+    ],
+)
+def test_study_arguments_are_checked_when_built(change, message):
+    with pytest.raises(UsageError) as raised:
+        low_forces_args(**change)
+    assert str(raised.value) == message
+
+
+def test_every_recipe_has_one_rule_per_shared_argument():
+    """n_test >= 1 for every recipe (it once was >= 2 in three of them), and the recipes' own
+    arguments are checked the same way."""
+    from mftrain.studies.multihead_vs_finetune import MultiheadVsFinetuneArgs
+    from mftrain.studies.pretrain_finetune import PretrainFinetuneArgs
+    from mftrain.studies.representations import RepresentationsArgs
+
+    shared = dict(out="o", seeds=1, budget_minutes=1.0)
+    transfer = dict(pretrain=LOW, finetune=HIGH, sizes=[4, 8], pretrain_minutes=1.0)
+    for make in (
+        low_forces_args,
+        lambda **k: RepresentationsArgs(**shared, **k),
+        lambda **k: MultiheadVsFinetuneArgs(**shared, **k),
+        lambda **k: PretrainFinetuneArgs(**shared, **transfer, **k),
+    ):
+        assert make(n_test=1).n_test == 1
+        with pytest.raises(UsageError, match="--n-test 0: must be at least 1"):
+            make(n_test=0)
+    for bad, message in (
+        ({"sizes": []}, "--sizes []: give values of at least 1"),
+        ({"sizes": [0, 4]}, "--sizes [0, 4]: give values of at least 1"),
+        ({"pretrain_minutes": 0}, "--pretrain-minutes 0: must be positive"),
+    ):
+        with pytest.raises(UsageError, match=re.escape(message)):
+            PretrainFinetuneArgs(**shared, **{**transfer, **bad}, n_test=5)
+
+
+def test_the_plan_leaves_out_what_may_change_between_reruns(tmp_path):
+    args = low_forces_args(out=tmp_path / "o", config=tmp_path / "base.yaml", jobs=3)
+    assert args.out == str(tmp_path / "o") and args.config == str(tmp_path / "base.yaml")
+    plan = args.plan()
+    assert "out" not in plan and "jobs" not in plan
+    assert plan["n_test"] == 50 and plan["n_high"] == 100 and plan["config"] == args.config
+
+
+def test_rerun_check_records_reuses_and_refuses(tmp_path):
+    from mftrain.studies.runner import PLAN_FILE, check_plan
+
+    out = tmp_path / "study"
+    plan = {"n_test": 6, "seeds": 1, "data": "/x"}
+    check_plan(out, plan)
+    assert json.loads((out / PLAN_FILE).read_text()) == plan
+    check_plan(out, dict(reversed(plan.items())))  # the same arguments: reused
+    with pytest.raises(UsageError, match=r"other arguments \(n_test, seeds differ\)"):
+        check_plan(out, {**plan, "n_test": 7, "seeds": 2})
+    with pytest.raises(UsageError, match=r"other arguments \(md differ\)"):
+        check_plan(out, {**plan, "md": False})
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "notes.txt").write_text("mine")
+    with pytest.raises(UsageError, match="is not a study directory"):
+        check_plan(other, plan)
+    assert not (other / PLAN_FILE).exists()
+
+
+def test_a_finished_run_is_not_run_again(tmp_path):
+    from mftrain.config import TrainConfig
+    from mftrain.studies.runner import DONE_FILE, fit_in_subprocess
+
+    run = tmp_path / "run"
+    run.mkdir()
+    fitted = {"checkpoint": str(run / "best.ckpt"), "steps": 12, "seconds": 3.5}
+    (run / DONE_FILE).write_text(json.dumps(fitted))
+    assert fit_in_subprocess(TrainConfig(), run) == fitted
+    assert sorted(p.name for p in run.iterdir()) == [DONE_FILE], "no config written, no fit run"
+
+
+STUDY_OPTIONS = {
+    "low-forces-high-energies": {
+        "data": None,
+        "low": "gfn2-xtb",
+        "high": "wb97x-631gd-pyscf",
+        "n_high": 100,
+        "n_test": 50,
+        "seeds": 1,
+        "budget_minutes": 2.0,
+        "config": None,
+        "md": True,
+        "jobs": None,
+        "json_out": None,
+        "out": Path("study-low-forces-high-energies"),
+    },
+    "pretrain-finetune": {
+        "data": None,
+        "pretrain": "gfn2-xtb",
+        "finetune": "wb97x-631gd-pyscf",
+        "sizes": "10,25,50,100",
+        "n_test": 50,
+        "seeds": 1,
+        "budget_minutes": 1.0,
+        "pretrain_minutes": 2.0,
+        "config": None,
+        "jobs": None,
+        "out": Path("study-pretrain-finetune"),
+    },
+    "multihead-vs-finetune": {
+        "data": None,
+        "levels": None,
+        "pretrain": None,
+        "n_test": 20,
+        "seeds": 1,
+        "budget_minutes": 2.0,
+        "config": None,
+        "jobs": None,
+        "out": Path("study-multihead-vs-finetune"),
+    },
+    "representations": {
+        "data": None,
+        "levels": None,
+        "n_test": 20,
+        "seeds": 2,
+        "budget_minutes": 2.0,
+        "config": None,
+        "jobs": None,
+        "out": Path("study-representations"),
+    },
+}
+
+
+def test_study_commands_keep_their_options_and_defaults():
+    import typer
+
+    from mftrain.cli import app
+
+    study = typer.main.get_command(app).commands["study"]
+    assert set(study.commands) == set(STUDY_OPTIONS)
+    for name, expected in STUDY_OPTIONS.items():
+        params = [p for p in study.commands[name].params if p.name != "help"]
+        assert {p.name: p.default for p in params} == expected, name
+        flags = {p.name: p.opts[0] for p in params}
+        assert all(flag == "--" + key.replace("_", "-") for key, flag in flags.items()), name

@@ -1,46 +1,63 @@
-"""PNG figures of the study reports (matplotlib, Agg backend): bars, parity grids, curves."""
+"""PNG figures of the study reports: bars, parity grids, curves, a heatmap, learning curves.
+
+Figures are drawn with matplotlib's object API (no pyplot, no GUI backend, nothing global), one
+file per call under the study's ``figures/`` directory (:func:`figures_dir`); every function
+returns the path it wrote. :func:`learning_curve` reads a run's CSV logs for :func:`curves`.
+"""
 
 from __future__ import annotations
 
+import csv
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
+def figures_dir(out: Path) -> Path:
+    """``OUT/figures``, created if missing."""
+    figures = out / "figures"
+    figures.mkdir(exist_ok=True)
+    return figures
 
 
-def _save(plt, fig, path: Path, title: str | None) -> Path:
-    """Title (when the panels have none of their own), write and close a figure."""
+def _save(fig: Figure, path: Path, title: str | None) -> Path:
+    """Title (when the panels have none of their own), lay out and write a figure."""
     if title is not None:
         fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)
     return path
+
+
+def learning_curve(run: Path) -> dict[str, list[tuple[int, float]]]:
+    """Every metric column of a run's CSV logs as (step, value) pairs, in step order."""
+    curves: dict[str, list[tuple[int, float]]] = {}
+    for path in sorted((run / "logs").glob("version_*/metrics.csv")):
+        with open(path, encoding="utf-8") as handle:
+            for row in csv.DictReader(handle):
+                for key, value in row.items():
+                    if key in ("epoch", "step") or not value:
+                        continue
+                    curves.setdefault(key, []).append((int(row["step"]), float(value)))
+    return {k: sorted(v) for k, v in curves.items()}
 
 
 def bar_chart(
     path: Path,
     names: Sequence[str],
-    panels: Sequence[tuple[str, Sequence[Sequence[float]]]],
+    panels: Sequence[tuple[str, Sequence[Sequence[float | None]]]],
     title: str,
     hatched: Sequence[str] = (),
 ) -> Path:
     """One panel per (y label, per-name values over seeds): bars at the mean, a black error bar
     of one standard deviation, and every seed's value as a dot. ``hatched`` names are drawn
     hatched (e.g. a baseline that is not a trained model)."""
-    plt = _pyplot()
     width = (1.4 + 0.8 * len(names)) * len(panels)
-    fig, axes = plt.subplots(1, len(panels), figsize=(width, 4.4))
-    axes = np.atleast_1d(axes)
+    fig = Figure(figsize=(width, 4.4))
+    axes = fig.subplots(1, len(panels), squeeze=False)[0]
     x = np.arange(len(names))
     for ax, (label, values) in zip(axes, panels, strict=True):
         for i, (name, seeds) in enumerate(zip(names, values, strict=True)):
@@ -63,7 +80,7 @@ def bar_chart(
         ax.set_xticks(x, names, rotation=25, ha="right")
         ax.set_ylabel(label)
         ax.grid(axis="y", alpha=0.3)
-    return _save(plt, fig, path, title)
+    return _save(fig, path, title)
 
 
 def parity_grid(
@@ -74,12 +91,8 @@ def parity_grid(
 ) -> Path:
     """Predicted against reference: one column per model (name, {quantity: (true, pred)}), one
     row per (quantity, axis label); a missing quantity leaves its panel empty."""
-    plt = _pyplot()
-    from matplotlib.ticker import MaxNLocator
-
-    fig, axes = plt.subplots(
-        len(rows), len(columns), figsize=(3.1 * len(columns), 3.0 * len(rows)), squeeze=False
-    )
+    fig = Figure(figsize=(3.1 * len(columns), 3.0 * len(rows)))
+    axes = fig.subplots(len(rows), len(columns), squeeze=False)
     for j, (name, data) in enumerate(columns):
         for i, (quantity, label) in enumerate(rows):
             ax = axes[i][j]
@@ -99,7 +112,7 @@ def parity_grid(
             ax.tick_params(labelsize=7)
             ax.xaxis.set_major_locator(MaxNLocator(4))
             ax.yaxis.set_major_locator(MaxNLocator(4))
-    return _save(plt, fig, path, title)
+    return _save(fig, path, title)
 
 
 def curves(
@@ -111,10 +124,9 @@ def curves(
 ) -> Path:
     """One panel per (y label, {series name: [(x, y), ...]}), lines in series order; ``yscale``
     as matplotlib's (``symlog``: linear near 0, for series far apart in size)."""
-    plt = _pyplot()
-    width = max(6.0, 4.6 * len(panels))
-    fig, axes = plt.subplots(1, len(panels), figsize=(width, 3.8), squeeze=False)
-    for ax, (label, series) in zip(axes[0], panels, strict=True):
+    fig = Figure(figsize=(max(6.0, 4.6 * len(panels)), 3.8))
+    axes = fig.subplots(1, len(panels), squeeze=False)[0]
+    for ax, (label, series) in zip(axes, panels, strict=True):
         for k, (name, points) in enumerate(series.items()):
             if not points:
                 continue
@@ -128,14 +140,14 @@ def curves(
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
-    return _save(plt, fig, path, title)
+    return _save(fig, path, title)
 
 
 def heatmap(path: Path, names: Sequence[str], matrix: np.ndarray, title: str) -> Path:
     """A square matrix of values in [0, 1] with the value in every cell."""
-    plt = _pyplot()
     size = 1.6 + 1.1 * len(names)
-    fig, ax = plt.subplots(figsize=(size + 1.2, size))
+    fig = Figure(figsize=(size + 1.2, size))
+    ax = fig.subplots()
     image = ax.imshow(matrix, vmin=0.0, vmax=1.0, cmap="viridis")
     ax.set_xticks(range(len(names)), names, rotation=30, ha="right")
     ax.set_yticks(range(len(names)), names)
@@ -145,19 +157,19 @@ def heatmap(path: Path, names: Sequence[str], matrix: np.ndarray, title: str) ->
             ax.text(j, i, f"{matrix[i, j]:.2f}", ha="center", va="center", color=color)
     fig.colorbar(image, ax=ax, fraction=0.046)
     ax.set_title(title)
-    return _save(plt, fig, path, None)
+    return _save(fig, path, None)
 
 
 def learning_curves_by_size(
     path: Path,
-    panels: Sequence[tuple[str, dict[str, list[tuple[int, Sequence[float]]]]]],
+    panels: Sequence[tuple[str, dict[str, list[tuple[int, Sequence[float | None]]]]]],
     title: str,
 ) -> Path:
     """Error against training-set size, log-log: one panel per (y label, {model: [(N, values
     over seeds)]}); the mean with a one-standard-deviation band, every seed as a dot."""
-    plt = _pyplot()
-    fig, axes = plt.subplots(1, len(panels), figsize=(5.0 * len(panels), 4.0), squeeze=False)
-    for ax, (label, series) in zip(axes[0], panels, strict=True):
+    fig = Figure(figsize=(5.0 * len(panels), 4.0))
+    axes = fig.subplots(1, len(panels), squeeze=False)[0]
+    for ax, (label, series) in zip(axes, panels, strict=True):
         for k, (name, points) in enumerate(series.items()):
             xs, means, stds = [], [], []
             for n, values in points:
@@ -179,4 +191,4 @@ def learning_curves_by_size(
         ax.set_ylabel(label)
         ax.grid(alpha=0.3, which="both")
         ax.legend(fontsize=7)
-    return _save(plt, fig, path, title)
+    return _save(fig, path, title)

@@ -1,0 +1,105 @@
+"""Training configs of a study's runs: one shared base, one wall-clock budget, the kinds of model.
+
+Every model of a study has the same architecture and shared settings: the base config,
+``--config`` or :data:`STUDY_DEFAULTS` (a plateau schedule, because the budget is time, not
+steps; a cosine schedule, which decays over steps, is refused). A run's config is that base with
+the run's model (:func:`single`, :func:`multihead`, :func:`finetuned`, or a recipe's own
+settings) and then :func:`run_config`'s study-wide settings on top: the seed, the training
+stores and their split ``study``, the budget in wall-clock minutes
+(``trainer.max_time_minutes``, steps and epochs open) and the run's directory.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from mftrain.config import ConfigError, TrainConfig, load_config, with_overrides
+from mftrain.studies.data import SPLIT
+
+# Settings every model shares unless --config gives a base config (see the reports'
+# "Hyperparameters" sections).
+STUDY_DEFAULTS = {
+    "data.batch_size": 8,
+    "data.epoch_size": 256,
+    "optimizer.lr": 0.01,
+    "lr_scheduler": {"kind": "plateau", "factor": 0.5, "patience": 5},
+    "trainer.progress_bar": False,
+}
+
+
+def base_config(path: str | None) -> TrainConfig:
+    """The settings every model of a study shares: ``--config``, or :data:`STUDY_DEFAULTS`."""
+    if path is not None:
+        config = load_config(path)
+    else:
+        config = with_overrides(TrainConfig(), STUDY_DEFAULTS)
+    if config.lr_scheduler is not None and config.lr_scheduler.kind == "cosine":
+        raise ConfigError(
+            f"{path}: lr_scheduler cosine decays over max_steps, but a study's budget is time; "
+            "use plateau or exponential"
+        )
+    return config
+
+
+def study_defaults(config: str | None) -> dict[str, Any] | None:
+    """What results.json records as the shared settings: the defaults, or None with a config."""
+    return None if config else STUDY_DEFAULTS
+
+
+def run_config(
+    base: TrainConfig,
+    model: dict[str, Any],
+    seed: int,
+    stores: list[str],
+    minutes: float,
+    out: Path,
+) -> TrainConfig:
+    """``base`` with the ``model``'s settings (dotted keys) and the study's for this run."""
+    return with_overrides(
+        base,
+        {
+            **model,
+            "seed": seed,
+            "data.stores": stores,
+            "data.split": SPLIT,
+            "data.train_part": "train",
+            "data.val_part": "val",
+            "trainer.max_steps": 10**9,
+            "trainer.max_epochs": None,
+            "trainer.max_time_minutes": minutes,
+            "out": str(out),
+        },
+    )
+
+
+MULTIHEAD = "multihead"  # the multi-head model's name in the results
+
+
+def single_name(level: str) -> str:
+    """The name in the results of the model trained on ``level`` alone."""
+    return f"single_{level}"
+
+
+def single(level: str) -> dict[str, Any]:
+    """One head, trained on ``level`` alone."""
+    return {"strategy": "single", "data.levels": [level]}
+
+
+def multihead(levels: list[str]) -> dict[str, Any]:
+    """One head per level on one backbone, the levels balanced in every batch."""
+    return {
+        "strategy": "multihead",
+        "data.levels": list(levels),
+        "data.mixing": {"mode": "balanced"},
+    }
+
+
+def finetuned(level: str, source: Path, options: dict[str, Any]) -> dict[str, Any]:
+    """Fine-tuned on ``level`` from checkpoint ``source`` (``finetune`` ``options``: backbone,
+    layer-wise learning rates, energies only...); the budget counts this stage alone."""
+    return {
+        "strategy": "pretrain_finetune",
+        "data.levels": None,
+        "finetune": {"level": level, "from_checkpoint": str(source), **options},
+    }
