@@ -126,7 +126,7 @@ def test_wheel_installs_and_runs_in_a_fresh_venv(tmp_path):
         [venv / "bin" / "mfdata", "demo"], cwd=tmp_path, env=env, capture_output=True, text=True
     )
     assert demo.returncode == 0, demo.stderr
-    assert "wb97x-631gd" in demo.stdout
+    assert "6-31G(d) energies (eV)" in demo.stdout, demo.stdout
     helped = subprocess.run(
         [venv / "bin" / "mftrain", "--help"], cwd=tmp_path, env=env, capture_output=True, text=True
     )

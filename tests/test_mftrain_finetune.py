@@ -220,7 +220,7 @@ def test_from_checkpoint_must_be_an_mftrain_checkpoint(tmp_path, ani):
     torch.save({"state_dict": {}}, tmp_path / "other.ckpt")
     (tmp_path / "text.ckpt").write_text("not a checkpoint")
     for name, message in (
-        ("other.ckpt", "not an mftrain checkpoint (no mfkit provenance)"),
+        ("other.ckpt", "not a checkpoint of an mftrain model (no head levels)"),
         ("text.ckpt", "not a checkpoint"),
         ("missing.ckpt", "no such checkpoint"),
     ):
