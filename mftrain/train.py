@@ -314,7 +314,7 @@ def build_nequip_config(
     d, m, t = config.data, config.model, config.trainer
     levels = plan_.levels
     data = {
-        "_target_": "mfdata.loader.FidelityDataModule",
+        "_target_": "mfdata.loading.datamodule.FidelityDataModule",
         "seed": config.seed,
         "stores": list(d.stores),
         "levels": levels,
