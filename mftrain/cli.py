@@ -25,6 +25,10 @@ app = typer.Typer(
 
 # errors a user can act on: one line and exit status 2; anything else is a bug (a traceback)
 USER_ERRORS = (MfkitError, FileExistsError, FileNotFoundError, IsADirectoryError)
+# Optimiser steps per run and seed: the studies' default (the same for every model), and the
+# demo's, which finishes within 6 minutes on 2 cores (README, "Studies").
+STUDY_STEPS = 3000
+DEMO_STEPS = 1500
 
 
 @app.command()
@@ -52,7 +56,8 @@ def fit(
     ] = None,
 ) -> None:
     """Train a model: writes DIR/last.ckpt, DIR/best.ckpt and the resolved configs; rerun to
-    resume an interrupted run from DIR/last.ckpt. Flags override the config."""
+    resume an interrupted run from DIR/last.ckpt. Flags override the config. Checkpoints are
+    pickles (loading one runs code in it): resume only from a DIR you trust."""
     from mftrain.config import load_config, with_overrides
 
     overrides: dict = {}
@@ -88,7 +93,8 @@ def evaluate(
     batch_size: Annotated[int, typer.Option(help="Structures per batch.")] = 32,
 ) -> None:
     """Per head, on the structures that have each label: energy MAE/RMSE per atom and per
-    structure, force MAE/RMSE, counts; parity plots as PNG."""
+    structure, force MAE/RMSE, counts; parity plots as PNG. The checkpoint is a pickle (loading
+    it runs code in it): evaluate only checkpoints you trust."""
     from mftrain.evaluate import evaluate as run_eval
     from mftrain.evaluate import format_table, plot_parity
 
@@ -123,12 +129,14 @@ def export(
 @app.command()
 def demo(
     out: options.Out = Path("mfkit-demo"),
-    budget_minutes: options.BudgetMinutes = 2.0,
+    steps: options.Steps = DEMO_STEPS,
+    budget_minutes: options.BudgetMinutes = None,
     md: options.MD = True,
 ) -> None:
     """The embedded default: the low-forces-high-energies study on the bundled methanol data
-    (GFN2-xTB energies and forces, 100 wB97X/6-31G(d) energies), printing the comparison table."""
-    study_low_forces(out=out, budget_minutes=budget_minutes, md=md)
+    (GFN2-xTB energies and forces, 100 wB97X/6-31G(d) energies), one seed, printing the
+    comparison table."""
+    study_low_forces(out=out, steps=steps, budget_minutes=budget_minutes, md=md, seeds=1)
 
 
 study_app = typer.Typer(
@@ -146,10 +154,17 @@ def study_low_forces(
     high: Annotated[
         str, typer.Option(help="The expensive level: energies (forces only score).")
     ] = "wb97x-631gd-pyscf",
-    n_high: Annotated[int, typer.Option(help="High-level energies used in training.")] = 100,
+    n_high: Annotated[
+        str,
+        typer.Option(
+            help="High-level energies used in training; several (e.g. 25,50,100,200) draw a "
+            "learning curve."
+        ),
+    ] = "100",
     n_test: options.NTest = 50,
-    seeds: options.Seeds = 1,
-    budget_minutes: options.BudgetMinutes = 2.0,
+    seeds: options.Seeds = 3,
+    steps: options.Steps = STUDY_STEPS,
+    budget_minutes: options.BudgetMinutes = None,
     config: options.Config = None,
     md: options.MD = True,
     jobs: options.Jobs = None,
@@ -166,13 +181,14 @@ def study_low_forces(
         data=data,
         n_test=n_test,
         seeds=seeds,
+        steps=steps,
         budget_minutes=budget_minutes,
         config=config,
         jobs=jobs,
         out=out,
         low=low,
         high=high,
-        n_high=n_high,
+        n_high=options.size_list(n_high, "--n-high"),
         md=md,
     )
     _run_study(LowForces, args, json_out)
@@ -184,7 +200,8 @@ def study_representations(
     levels: options.Levels = None,
     n_test: options.NTest = 20,
     seeds: options.Seeds = 2,
-    budget_minutes: options.BudgetMinutes = 2.0,
+    steps: options.Steps = STUDY_STEPS,
+    budget_minutes: options.BudgetMinutes = None,
     config: options.Config = None,
     jobs: options.Jobs = None,
     out: options.Out = Path("study-representations"),
@@ -197,6 +214,7 @@ def study_representations(
         data=data,
         n_test=n_test,
         seeds=seeds,
+        steps=steps,
         budget_minutes=budget_minutes,
         config=config,
         jobs=jobs,
@@ -218,8 +236,14 @@ def study_pretrain_finetune(
     ] = "10,25,50,100",
     n_test: options.NTest = 50,
     seeds: options.Seeds = 1,
-    budget_minutes: options.BudgetMinutes = 1.0,
-    pretrain_minutes: Annotated[float, typer.Option(help="Pre-training minutes.")] = 2.0,
+    steps: options.Steps = STUDY_STEPS // 2,
+    budget_minutes: options.BudgetMinutes = None,
+    pretrain_steps: Annotated[
+        int | None, typer.Option(help="Pre-training steps (the same for every seed).")
+    ] = STUDY_STEPS,
+    pretrain_minutes: Annotated[
+        float | None, typer.Option(help="Also stop pre-training after these minutes.")
+    ] = None,
     config: options.Config = None,
     jobs: options.Jobs = None,
     out: options.Out = Path("study-pretrain-finetune"),
@@ -232,6 +256,7 @@ def study_pretrain_finetune(
         data=data,
         n_test=n_test,
         seeds=seeds,
+        steps=steps,
         budget_minutes=budget_minutes,
         config=config,
         jobs=jobs,
@@ -239,6 +264,7 @@ def study_pretrain_finetune(
         pretrain=pretrain,
         finetune=finetune,
         sizes=options.size_list(sizes),
+        pretrain_steps=pretrain_steps,
         pretrain_minutes=pretrain_minutes,
     )
     _run_study(PretrainFinetune, args)
@@ -254,7 +280,8 @@ def study_multihead_vs_finetune(
     ] = None,
     n_test: options.NTest = 20,
     seeds: options.Seeds = 1,
-    budget_minutes: options.BudgetMinutes = 2.0,
+    steps: options.Steps = STUDY_STEPS,
+    budget_minutes: options.BudgetMinutes = None,
     config: options.Config = None,
     jobs: options.Jobs = None,
     out: options.Out = Path("study-multihead-vs-finetune"),
@@ -270,6 +297,7 @@ def study_multihead_vs_finetune(
         data=data,
         n_test=n_test,
         seeds=seeds,
+        steps=steps,
         budget_minutes=budget_minutes,
         config=config,
         jobs=jobs,

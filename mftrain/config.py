@@ -317,6 +317,9 @@ class FinetuneConfig(_Model):
         "the most force labels in the stores), as MACE's multi-head fine-tuning does.",
     )
     max_steps: int | None = Field(None, ge=1, description="Stage-2 steps (trainer.max_steps).")
+    max_time_minutes: float | None = Field(
+        None, gt=0, description="Stage-2 wall-clock budget (trainer.max_time_minutes)."
+    )
     lr: float | None = Field(None, gt=0, description="Stage-2 learning rate (optimizer.lr).")
     lr_scheduler: Schedule | None = Field(
         None, description="Stage-2 schedule (default: the lr_scheduler section)."

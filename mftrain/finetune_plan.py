@@ -333,16 +333,23 @@ def finetuning_config(
     config: TrainConfig, source: Source, start: list[str], out: Path
 ) -> TrainConfig:
     """Stage 2: the fine-tuning run from ``source``, with its architecture, and the finetune
-    section's steps, learning rate and schedule in the trainer, optimizer and lr_scheduler."""
+    section's steps, time, learning rate and schedule in the trainer, optimizer and
+    lr_scheduler."""
     f = config.finetune
     data = config.model_dump(mode="json")
     data["model"] = source.model.model_dump(mode="json")
     data["optimizer"]["lr"] = f.lr or config.optimizer.lr
     data["trainer"]["max_steps"] = f.max_steps or config.trainer.max_steps
+    data["trainer"]["max_time_minutes"] = f.max_time_minutes or config.trainer.max_time_minutes
     schedule = f.lr_scheduler or config.lr_scheduler
     data["lr_scheduler"] = schedule.model_dump(mode="json") if schedule else None
     data["finetune"].update(
-        from_checkpoint=str(source.path), pretrain=start, lr=None, max_steps=None, lr_scheduler=None
+        from_checkpoint=str(source.path),
+        pretrain=start,
+        lr=None,
+        max_steps=None,
+        max_time_minutes=None,
+        lr_scheduler=None,
     )
     data["out"] = str(out)
     return validate_config(data, "fine-tuning stage")

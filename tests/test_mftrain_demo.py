@@ -12,6 +12,7 @@ MODELS = (
     "energy_only",
     "multi_fidelity",
     "multi_fidelity_delta",
+    "multi_fidelity_finetune",
     "energy_forces",
     "low_level_as_prediction",
 )
@@ -22,7 +23,7 @@ def test_demo_runs_the_study_on_the_bundled_data(tmp_path):
     out = tmp_path / "demo"
     proc = subprocess.run(
         [sys.executable, "-m", "mftrain.cli", "demo", "--out", str(out)]
-        + ["--budget-minutes", "0.1", "--no-md"],
+        + ["--steps", "12", "--no-md"],
         capture_output=True,
         text=True,
     )

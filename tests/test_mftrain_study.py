@@ -22,7 +22,13 @@ from tests.conftest import run_cli
 from tests.test_mftrain_fit import run_mftrain
 
 LOW, HIGH = "gfn1-xtb", "gfn2-xtb"
-MODELS = ["energy_only", "multi_fidelity", "multi_fidelity_delta", "energy_forces"]
+MODELS = [
+    "energy_only",
+    "multi_fidelity",
+    "multi_fidelity_delta",
+    "multi_fidelity_finetune",
+    "energy_forces",
+]
 KEYS = [*MODELS, "low_level_as_prediction"]
 
 
@@ -81,11 +87,13 @@ def study_args(store: Path, config: Path, out: Path) -> list:
         "--high",
         HIGH,
         "--n-high",
-        8,
+        "4,8",
         "--n-test",
         6,
-        "--budget-minutes",
-        0.1,
+        "--seeds",
+        1,
+        "--steps",
+        16,
         "--config",
         config,
         "--out",
@@ -102,7 +110,7 @@ def tiny(tmp_path_factory) -> dict:
 
 @pytest.fixture(scope="module")
 def study(tmp_path_factory, tiny):
-    """The recipe run once through the CLI: 4 models, 1 seed, 6 s of training each."""
+    """The recipe run once through the CLI: 5 models at N = 4 and 8, 1 seed, 16 steps each."""
     root = tmp_path_factory.mktemp("study")
     store, config = tiny["store"], tiny["config"]
     out = root / "out"
@@ -123,26 +131,37 @@ def test_study_writes_json_report_and_table(study):
     for key in MODELS:
         assert numbers[key]["per_seed"][0]["steps"] > 0
         assert (out / numbers[key]["per_seed"][0]["run"] / "study-config.yaml").is_file()
+        for n in ("4", "8"):
+            assert math.isfinite(numbers["by_n_high"][n][key]["forces_mae"]), (key, n)
+    assert numbers["by_n_high"]["8"]["energy_only"] == {
+        k: v for k, v in numbers["energy_only"].items() if k != "md_check"
+    }, "the top level holds the largest N"
+    for key in ("multi_fidelity", "multi_fidelity_delta", "multi_fidelity_finetune"):
+        assert math.isfinite(numbers[key]["low_head"]["forces_mae"]), key
+    steps = {numbers[key]["per_seed"][0]["steps"] for key in MODELS}
+    assert steps == {16}, "equal optimiser steps; a two-stage model's stages share them"
     for key in ("multi_fidelity", "energy_only"):
         check = numbers[key]["md_check"]
         assert check["fragments_start"] == 1 and check["nve_steps"] > 0
     report = (out / "report.md").read_text()
-    for figure in ("force_mae", "parity", "learning_curves", "md"):
+    for figure in ("force_mae", "parity", "learning_curves", "md", "by_n_high"):
         assert f"figures/{figure}.png" in report
         assert (out / "figures" / f"{figure}.png").stat().st_size > 5000, figure
     assert "`multi_fidelity` reaches a held-out gfn2-xtb force MAE of" in report
-    table = study["proc"].stdout.splitlines()[-6:]
+    table = study["proc"].stdout.splitlines()[-7:]
     assert table[0].split()[:3] == ["model", "force", "MAE"]
     assert [line.split()[0] for line in table[1:]] == KEYS
     seeds = numbers["study"]["arguments"]["seeds"]
-    assert seeds == 1 and numbers["study"]["arguments"]["n_high"] == 8
+    assert seeds == 1 and numbers["study"]["arguments"]["n_high"] == [4, 8]
+    assert "## Learning curve" in report and "| model | N = 4 | N = 8 |" in report
 
 
 @pytest.mark.slow
 def test_no_run_trained_on_a_test_structure(study):
     """From every run's recorded stores and split: no training or validation structure has the
     geometry of a test structure, the run saw 8 high-level energies, and only energy_forces
-    weighs high-level forces."""
+    weighs high-level forces, or has them in its stores at all (no statistic of them reaches
+    another model)."""
     numbers = json.loads((study["out"] / "results.json").read_text())
     test = np.asarray(numbers["study"]["test_indices"])
     assert len(test) == 6
@@ -150,20 +169,31 @@ def test_no_run_trained_on_a_test_structure(study):
     test_hashes = set(hashes[test].tolist())
     for key in MODELS:
         run = study["out"] / numbers[key]["per_seed"][0]["run"]
-        prov = json.loads((run / "provenance.json").read_text())
-        split = prov["split"]["name"]
-        high_train = 0
-        for entry in prov["stores"]:
-            store = Store(entry["path"])
-            assert store.manifest.checksum == entry["checksum"]
-            structures, store_hashes = store.read()
-            for part in ("train", "val"):
-                seen = split_indices(store, split, part)
-                assert not test_hashes & set(store_hashes[seen].tolist()), (key, part)
-            if (HIGH, "energy") in structures.labels:
-                train = split_indices(store, split, "train")
-                high_train += int(structures.labels[(HIGH, "energy")].present[train].sum())
-        assert high_train == 8, key
+        stages = (
+            [run] if (run / "provenance.json").is_file() else [run / "pretrain", run / "finetune"]
+        )
+        for stage in stages:
+            prov = json.loads((stage / "provenance.json").read_text())
+            split = prov["split"]["name"]
+            high_train = 0
+            for entry in prov["stores"]:
+                store = Store(entry["path"])
+                assert store.manifest.checksum == entry["checksum"]
+                structures, store_hashes = store.read()
+                for part in ("train", "val"):
+                    seen = split_indices(store, split, part)
+                    assert not test_hashes & set(store_hashes[seen].tolist()), (key, part)
+                if (HIGH, "energy") in structures.labels:
+                    train = split_indices(store, split, "train")
+                    high_train += int(structures.labels[(HIGH, "energy")].present[train].sum())
+                has_forces = (HIGH, "forces") in structures.labels
+                assert has_forces == (key == "energy_forces"), key
+                stats = store.manifest.statistics.levels[HIGH]
+                assert (stats.force_rms is not None) == (key == "energy_forces"), key
+            assert high_train == 8, key
+        # the final stage's (a two-stage model: fine-tuning's) levels and weights
+        if key == "multi_fidelity_finetune":
+            assert prov["finetune"]["init_heads"][HIGH] == LOW, "the new head starts from LOW's"
         assert prov["mixing"]["train_samples"][HIGH] == 8
         forces = prov["loss"]["weights"][HIGH]["forces"]
         assert (forces > 0) == (key == "energy_forces"), key
@@ -189,7 +219,7 @@ def test_rerun_reuses_runs_and_refuses_other_arguments(study):
     first = json.loads((study["out"] / "results.json").read_text())
     assert first["multi_fidelity"]["per_seed"][0]["steps"] > 0
     args = study_args(study["store"], study["config"], study["out"])
-    args[args.index("--n-high") + 1] = 9
+    args[args.index("--n-high") + 1] = "4,9"
     refused = run_mftrain(*args, check=False)
     assert refused.returncode == 2
     assert "holds a study with other arguments (n_high differ)" in refused.stderr
@@ -202,7 +232,9 @@ def test_md_check_on_an_exported_head(study):
 
     from mftrain.studies.md import md_check
 
-    package = study["out"] / "runs" / "seed-0" / "energy_forces" / f"{HIGH}.nequip.zip"
+    numbers = json.loads((study["out"] / "results.json").read_text())
+    run = study["out"] / numbers["energy_forces"]["per_seed"][0]["run"]
+    package = run / f"{HIGH}.nequip.zip"
     check = md_check(package, molecule("CH3OH"), langevin_steps=20, nve_steps=40)
     assert check.nve_steps == 40 and len(check.nve_energy_ev_per_atom) == 41, "start and steps"
     assert check.nve_time_ps[-1] == pytest.approx(40 * 0.5e-3)
@@ -220,7 +252,8 @@ def test_bad_study_input_fails_before_work(tmp_path):
         ("--high", "wb97x-631gd"): "--high wb97x-631gd is not in the store",
         ("--n-test", "0"): "--n-test 0: must be at least 1",
         ("--n-test", "11"): "too few for a test part of 11",
-        ("--budget-minutes", "0"): "--budget-minutes 0",
+        ("--steps", "0"): "--steps 0: must be at least 1",
+        ("--n-high", "4,x"): "--n-high '4,x': expected comma-separated integers",
     }
     for (flag, value), message in cases.items():
         bad = list(args)
@@ -265,8 +298,8 @@ def common_args(tiny: dict, out: Path) -> list:
     return [
         "--data",
         tiny["store"],
-        "--budget-minutes",
-        0.05,
+        "--steps",
+        12,
         "--config",
         tiny["config"],
         "--out",
@@ -298,7 +331,7 @@ def test_pretrain_finetune_recipe(tmp_path, tiny):
     """Pre-training once, then scratch and four fine-tuning variants at two sizes; the fine-tuned
     runs start from the pre-trained checkpoint."""
     out = tmp_path / "out"
-    args = ["--pretrain", LOW, "--finetune", HIGH, "--sizes", "4,8", "--pretrain-minutes", 0.05]
+    args = ["--pretrain", LOW, "--finetune", HIGH, "--sizes", "4,8", "--pretrain-steps", 12]
     run_mftrain("study", "pretrain-finetune", *common_args(tiny, out), *args, "--n-test", 6)
     numbers = json.loads((out / "results.json").read_text())
     models = ["scratch", "finetune_full", "finetune_frozen", "finetune_discriminative"]
@@ -331,7 +364,7 @@ def test_multihead_vs_finetune_recipe(tmp_path, tiny):
 def low_forces_args(**changes):
     from mftrain.studies.low_forces import LowForcesArgs
 
-    given = {"out": "o", "n_test": 50, "seeds": 1, "budget_minutes": 2.0, "n_high": 100}
+    given = {"out": "o", "n_test": 50, "seeds": 1, "steps": 100, "n_high": [100]}
     return LowForcesArgs(**(given | {"low": LOW, "high": HIGH, "md": True} | changes))
 
 
@@ -340,17 +373,44 @@ def low_forces_args(**changes):
     [
         ({"n_test": 0}, "--n-test 0: must be at least 1"),
         ({"seeds": 0}, "--seeds 0: must be at least 1"),
+        ({"steps": 0}, "--steps 0: must be at least 1"),
+        ({"steps": None}, "give --steps (the same for every model) or --budget-minutes"),
         ({"budget_minutes": 0.0}, "--budget-minutes 0.0: must be positive"),
         ({"budget_minutes": float("nan")}, "--budget-minutes nan: must be positive"),
         ({"val_fraction": 0.5}, "--val-fraction 0.5: must be in (0, 0.5)"),
         ({"jobs": 0}, "--jobs 0: must be at least 1"),
-        ({"n_high": 0}, "--n-high 0: must be at least 1"),
+        ({"n_high": [0, 4]}, "--n-high [0, 4]: give values of at least 1"),
+        ({"n_high": []}, "--n-high []: give values of at least 1"),
     ],
 )
 def test_study_arguments_are_checked_when_built(change, message):
     with pytest.raises(UsageError) as raised:
         low_forces_args(**change)
     assert str(raised.value) == message
+
+
+def test_a_two_stage_model_splits_the_budget_of_one_run():
+    from mftrain.studies.args import Budget
+    from mftrain.studies.low_forces import MODELS, model_settings
+
+    assert Budget(3000, None).split(1 / 3) == (Budget(2000, None), Budget(1000, None))
+    assert Budget(None, 6.0).split(0.5) == (Budget(None, 3.0), Budget(None, 3.0))
+    assert Budget(2, None).split(0.9) == (Budget(1, None), Budget(2, None)), "a step each at least"
+    assert Budget(3000, 6.0).describe() == "3000 steps or 6 min"
+    finetune = next(m for m in MODELS if m.strategy == "multihead_finetune")
+    settings = model_settings(finetune, LOW, HIGH, Budget(3000, None))
+    assert settings["trainer.max_steps"] + settings["finetune"]["max_steps"] == 3000
+    assert settings["finetune"] | {"max_steps": None} == {
+        "level": HIGH,
+        "pretrain": [LOW],
+        "init_from": LOW,
+        "energy_only": True,
+        "replay": 0.2,
+        "max_steps": None,
+        "max_time_minutes": None,
+    }
+    for model in MODELS:
+        assert (model.kept is None) == model.high_forces, "a store holds only what a model uses"
 
 
 def test_every_recipe_has_one_rule_per_shared_argument():
@@ -360,8 +420,8 @@ def test_every_recipe_has_one_rule_per_shared_argument():
     from mftrain.studies.pretrain_finetune import PretrainFinetuneArgs
     from mftrain.studies.representations import RepresentationsArgs
 
-    shared = dict(out="o", seeds=1, budget_minutes=1.0)
-    transfer = dict(pretrain=LOW, finetune=HIGH, sizes=[4, 8], pretrain_minutes=1.0)
+    shared = dict(out="o", seeds=1, steps=100)
+    transfer = dict(pretrain=LOW, finetune=HIGH, sizes=[4, 8], pretrain_steps=100)
     for make in (
         low_forces_args,
         lambda **k: RepresentationsArgs(**shared, **k),
@@ -375,6 +435,7 @@ def test_every_recipe_has_one_rule_per_shared_argument():
         ({"sizes": []}, "--sizes []: give values of at least 1"),
         ({"sizes": [0, 4]}, "--sizes [0, 4]: give values of at least 1"),
         ({"pretrain_minutes": 0}, "--pretrain-minutes 0: must be positive"),
+        ({"pretrain_steps": None}, "give --pretrain-steps or --pretrain-minutes"),
     ):
         with pytest.raises(UsageError, match=re.escape(message)):
             PretrainFinetuneArgs(**shared, **{**transfer, **bad}, n_test=5)
@@ -385,7 +446,7 @@ def test_the_plan_leaves_out_what_may_change_between_reruns(tmp_path):
     assert args.out == str(tmp_path / "o") and args.config == str(tmp_path / "base.yaml")
     plan = args.plan()
     assert "out" not in plan and "jobs" not in plan
-    assert plan["n_test"] == 50 and plan["n_high"] == 100 and plan["config"] == args.config
+    assert plan["n_test"] == 50 and plan["n_high"] == [100] and plan["config"] == args.config
 
 
 def test_rerun_check_records_reuses_and_refuses(tmp_path):
@@ -425,10 +486,11 @@ STUDY_OPTIONS = {
         "data": None,
         "low": "gfn2-xtb",
         "high": "wb97x-631gd-pyscf",
-        "n_high": 100,
+        "n_high": "100",
         "n_test": 50,
-        "seeds": 1,
-        "budget_minutes": 2.0,
+        "seeds": 3,
+        "steps": 3000,
+        "budget_minutes": None,
         "config": None,
         "md": True,
         "jobs": None,
@@ -442,8 +504,10 @@ STUDY_OPTIONS = {
         "sizes": "10,25,50,100",
         "n_test": 50,
         "seeds": 1,
-        "budget_minutes": 1.0,
-        "pretrain_minutes": 2.0,
+        "steps": 1500,
+        "budget_minutes": None,
+        "pretrain_steps": 3000,
+        "pretrain_minutes": None,
         "config": None,
         "jobs": None,
         "out": Path("study-pretrain-finetune"),
@@ -454,7 +518,8 @@ STUDY_OPTIONS = {
         "pretrain": None,
         "n_test": 20,
         "seeds": 1,
-        "budget_minutes": 2.0,
+        "steps": 3000,
+        "budget_minutes": None,
         "config": None,
         "jobs": None,
         "out": Path("study-multihead-vs-finetune"),
@@ -464,7 +529,8 @@ STUDY_OPTIONS = {
         "levels": None,
         "n_test": 20,
         "seeds": 2,
-        "budget_minutes": 2.0,
+        "steps": 3000,
+        "budget_minutes": None,
         "config": None,
         "jobs": None,
         "out": Path("study-representations"),

@@ -53,6 +53,37 @@ def each_at_least(low: int) -> Rule:
     return rule
 
 
+@dataclass(frozen=True)
+class Budget:
+    """How long a run trains: ``steps`` optimiser steps and/or ``minutes`` of wall clock,
+    whichever ends first. Equal steps make models comparable; wall time depends on the model's
+    cost and on the machine's load, so it is reported, not compared."""
+
+    steps: int | None
+    minutes: float | None
+
+    def describe(self) -> str:
+        parts = [] if self.steps is None else [f"{self.steps} steps"]
+        parts += [] if self.minutes is None else [f"{self.minutes:g} min"]
+        return " or ".join(parts)
+
+    @classmethod
+    def planned(cls, arguments: dict[str, Any], prefix: str = "") -> Budget:
+        """The budget a study plan (``results.json`` → ``study.arguments``) states."""
+        return cls(arguments.get(f"{prefix}steps"), arguments.get(f"{prefix}budget_minutes"))
+
+    def split(self, share: float) -> tuple[Budget, Budget]:
+        """Two stages of one run (pre-training, fine-tuning) sharing this budget, the second
+        taking ``share`` of it."""
+        steps = None if self.steps is None else max(1, round(self.steps * share))
+        minutes = None if self.minutes is None else self.minutes * share
+        first = Budget(
+            None if self.steps is None else max(1, self.steps - steps),
+            None if self.minutes is None else self.minutes - minutes,
+        )
+        return first, Budget(steps, minutes)
+
+
 @dataclass(kw_only=True)
 class StudyArgs:
     """What every recipe takes; valid once built (see :attr:`RULES`)."""
@@ -61,6 +92,7 @@ class StudyArgs:
     RULES: ClassVar[dict[str, Rule]] = {
         "n_test": at_least(1),
         "seeds": at_least(1),
+        "steps": at_least(1),
         "budget_minutes": positive,
         "val_fraction": between(0, 0.5),
         "jobs": at_least(1),
@@ -70,7 +102,8 @@ class StudyArgs:
     out: str | Path  # the study directory
     n_test: int  # held-out test structures
     seeds: int  # seeds 0..seeds-1
-    budget_minutes: float  # training wall-clock minutes per run (fine-tuning: stage 2)
+    steps: int | None = None  # optimiser steps per run, the same for every model
+    budget_minutes: float | None = None  # wall-clock minutes per run, if also (or only) limited
     data: str | None = None  # a store (path or registered name); None: the bundled store
     config: str | Path | None = None  # base mftrain config every run shares
     jobs: int | None = None  # runs at a time; None: one per CPU core
@@ -86,6 +119,12 @@ class StudyArgs:
             problem = None if value is None else rule(value)
             if problem is not None:
                 raise UsageError(f"--{name.replace('_', '-')} {value}: {problem}")
+        if self.steps is None and self.budget_minutes is None:
+            raise UsageError("give --steps (the same for every model) or --budget-minutes")
+
+    def budget(self) -> Budget:
+        """Every run's budget (a fine-tuning run's, its stage 2)."""
+        return Budget(self.steps, self.budget_minutes)
 
     def plan(self) -> dict[str, Any]:
         """The arguments that define the study: every field but :attr:`NOT_PLANNED`."""

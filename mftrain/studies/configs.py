@@ -1,12 +1,12 @@
-"""Training configs of a study's runs: one shared base, one wall-clock budget, the kinds of model.
+"""Training configs of a study's runs: one shared base, one budget, the kinds of model.
 
 Every model of a study has the same architecture and shared settings: the base config,
-``--config`` or :data:`STUDY_DEFAULTS` (a plateau schedule, because the budget is time, not
-steps; a cosine schedule, which decays over steps, is refused). A run's config is that base with
-the run's model (:func:`single`, :func:`multihead`, :func:`finetuned`, or a recipe's own
-settings) and then :func:`run_config`'s study-wide settings on top: the seed, the training
-stores and their split ``study``, the budget in wall-clock minutes
-(``trainer.max_time_minutes``, steps and epochs open) and the run's directory.
+``--config`` or :data:`STUDY_DEFAULTS`. A run's config is that base with the run's model
+(:func:`single`, :func:`multihead`, :func:`finetuned`, or a recipe's own settings) and then
+:func:`run_config`'s study-wide settings on top: the seed, the training stores and their split
+``study``, the budget (:class:`mftrain.studies.args.Budget`: ``trainer.max_steps`` and/or
+``trainer.max_time_minutes``, epochs open) and the run's directory. Under a time budget alone a
+cosine schedule, which decays over steps, is refused.
 """
 
 from __future__ import annotations
@@ -15,29 +15,33 @@ from pathlib import Path
 from typing import Any
 
 from mftrain.config import ConfigError, TrainConfig, load_config, with_overrides
+from mftrain.studies.args import Budget
 from mftrain.studies.data import SPLIT
 
 # Settings every model shares unless --config gives a base config (see the reports'
-# "Hyperparameters" sections).
+# "Hyperparameters" sections). The learning rate halves after 10 validations (epochs of 256
+# structures) without improvement, down to a floor of 1/20 of its start: a validation part of a
+# few structures is noisy, and without a floor a long run's rate decays to nothing.
 STUDY_DEFAULTS = {
     "data.batch_size": 8,
     "data.epoch_size": 256,
     "optimizer.lr": 0.01,
-    "lr_scheduler": {"kind": "plateau", "factor": 0.5, "patience": 5},
+    "lr_scheduler": {"kind": "plateau", "factor": 0.5, "patience": 10, "min_lr": 5e-4},
     "trainer.progress_bar": False,
 }
 
 
-def base_config(path: str | None) -> TrainConfig:
+def base_config(path: str | None, budget: Budget) -> TrainConfig:
     """The settings every model of a study shares: ``--config``, or :data:`STUDY_DEFAULTS`."""
     if path is not None:
         config = load_config(path)
     else:
         config = with_overrides(TrainConfig(), STUDY_DEFAULTS)
-    if config.lr_scheduler is not None and config.lr_scheduler.kind == "cosine":
+    cosine = config.lr_scheduler is not None and config.lr_scheduler.kind == "cosine"
+    if cosine and budget.steps is None:
         raise ConfigError(
-            f"{path}: lr_scheduler cosine decays over max_steps, but a study's budget is time; "
-            "use plateau or exponential"
+            f"{path}: lr_scheduler cosine decays over max_steps, but this study's budget is time "
+            "alone; give --steps, or use plateau or exponential"
         )
     return config
 
@@ -52,22 +56,23 @@ def run_config(
     model: dict[str, Any],
     seed: int,
     stores: list[str],
-    minutes: float,
+    budget: Budget,
     out: Path,
 ) -> TrainConfig:
-    """``base`` with the ``model``'s settings (dotted keys) and the study's for this run."""
+    """``base`` with the run's ``budget``, the ``model``'s settings (dotted keys; a two-stage
+    model sets its first stage's share of the budget) and the study's for this run."""
     return with_overrides(
         base,
         {
+            "trainer.max_steps": budget.steps or 10**9,
+            "trainer.max_epochs": None,
+            "trainer.max_time_minutes": budget.minutes,
             **model,
             "seed": seed,
             "data.stores": stores,
             "data.split": SPLIT,
             "data.train_part": "train",
             "data.val_part": "val",
-            "trainer.max_steps": 10**9,
-            "trainer.max_epochs": None,
-            "trainer.max_time_minutes": minutes,
             "out": str(out),
         },
     )

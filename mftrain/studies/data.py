@@ -8,7 +8,10 @@ format, under ``OUT/data``), so that what each run could see is on disk and in i
   the recipe scores; all their labels kept. Every model is scored on it.
 - ``train-nN-seedK``: every other structure of the store, with the scarce (expensive) level's
   labels kept only on N training structures and on the validation structures, and a saved split
-  ``study`` (:data:`SPLIT`) whose validation part is those validation structures. For seed K,
+  ``study`` (:data:`SPLIT`) whose validation part is those validation structures.
+  ``train-nN-seedK-energy`` (and so on): the same with only the named labels of the scarce level,
+  for models that must not train on the others: a label absent from a store cannot reach a
+  model, not even through the statistics its heads start from. For seed K,
   the scarce level's structures outside the test part are shuffled once: the first ones
   validate, the next N train, so the N structures of a smaller N are among those of a larger
   one (nested learning curves). Every structure without the scarce level trains.
@@ -115,11 +118,16 @@ def has_label(s: Structures, level: str, kind: str | None = None) -> np.ndarray:
     return found
 
 
-def keep_labels(s: Structures, level: str, keep: np.ndarray) -> Structures:
-    """``s`` with ``level``'s labels removed (NaN, not present) where ``keep`` is False; a label
-    left on no structure is dropped, so that the store does not list it."""
+def keep_labels(
+    s: Structures, level: str, keep: np.ndarray, kinds: Sequence[str] | None = None
+) -> Structures:
+    """``s`` with ``level``'s labels removed (NaN, not present) where ``keep`` is False, and
+    entirely for a kind not in ``kinds`` (None: keep every kind); a label left on no structure is
+    dropped, so that the store does not list it."""
     labels = {}
     for key, label in s.labels.items():
+        if key[0] == level and kinds is not None and key[1] not in kinds:
+            continue
         if key[0] == level:
             present = label.present & keep
             values = label.values.copy()
@@ -206,15 +214,19 @@ def draw(data: StudyData, seed: int, val_fraction: float) -> Draw:
     return Draw(seed, np.sort(order[:n_val]), order[n_val:])
 
 
-def training_store(data: StudyData, chosen: Draw, n: int | None, echo: Echo) -> Path:
-    """``ROOT/train-nN-seedK``: every structure but the test ones, the scarce level's labels on
-    ``n`` training structures (all: ``None``) and the validation ones, and the split ``study``."""
+def training_store(
+    data: StudyData, chosen: Draw, n: int | None, echo: Echo, kept: Sequence[str] | None = None
+) -> Path:
+    """``ROOT/train-nN-seedK[-KINDS]``: every structure but the test ones, the scarce level's
+    labels (of the kinds ``kept``; None: all) on ``n`` training structures (all: ``None``) and
+    the validation ones, and the split ``study``."""
     if n is not None and n > len(chosen.order):
         raise UsageError(
             f"N = {n}: only {len(chosen.order)} {data.scarce} structures are left for training "
             f"({len(data.test_index)} held out for testing, {len(chosen.val)} for validation)"
         )
-    path = data.root / f"train-n{'all' if n is None else n}-seed{chosen.seed}"
+    only = "" if kept is None else "-" + "-".join(kept)
+    path = data.root / f"train-n{'all' if n is None else n}-seed{chosen.seed}{only}"
     if path.exists():
         return path
     index = np.setdiff1d(np.arange(data.source.structures.n_structures), data.test_index)
@@ -225,9 +237,10 @@ def training_store(data: StudyData, chosen: Draw, n: int | None, echo: Echo) -> 
         index,
         path,
         f"study training store of {data.info['name']} (checksum {data.info['checksum'][:16]}): "
-        f"no test structure; {data.scarce} labels on {len(chosen.train(n))} training and "
-        f"{len(chosen.val)} validation structures (seed {chosen.seed})",
-        keep=(data.scarce, keep),
+        f"no test structure; {data.scarce} {'labels' if kept is None else ', '.join(kept)} on "
+        f"{len(chosen.train(n))} training and {len(chosen.val)} validation structures "
+        f"(seed {chosen.seed})",
+        keep=(data.scarce, keep, kept),
     )
     part = np.isin(index, chosen.val).astype(np.int8)  # 0 train, 1 val
     counts = np.bincount(part, minlength=2)

@@ -17,7 +17,7 @@ from typing import Any
 from mfdata.errors import UsageError
 from mfdata.progress import Echo
 from mfdata.store.store import Store
-from mftrain.studies.args import StudyArgs
+from mftrain.studies.args import Budget, StudyArgs
 from mftrain.studies.configs import (
     MULTIHEAD,
     finetuned,
@@ -77,12 +77,12 @@ class MultiheadVsFinetune(Recipe[MultiheadVsFinetuneArgs]):
             for level in self.levels
             if level != self.pretrain
         }
-        minutes, stores = self.args.budget_minutes, seed.stores[None]
+        budget, stores = self.args.budget(), seed.training()
         return [
-            Job(name, seed.seed, seed.root / name, stores, model, minutes)
+            Job(name, seed.seed, seed.root / name, stores, model, budget)
             for name, model in models.items()
         ] + [
-            Job(name, seed.seed, seed.root / name, stores, model, minutes, phase=2)
+            Job(name, seed.seed, seed.root / name, stores, model, budget, phase=2)
             for name, model in finetuning.items()
         ]
 
@@ -129,7 +129,7 @@ class MultiheadVsFinetune(Recipe[MultiheadVsFinetuneArgs]):
             "",
             f"Store `{study['source_store']['name']}`; levels {', '.join(self.levels)}; "
             f"{args['n_test']} held-out structures with every level; {args['seeds']} seed(s); "
-            f"{args['budget_minutes']:g} min per run. `single_LEVEL`: that level alone; "
+            f"{Budget.planned(args).describe()} per run. `single_LEVEL`: that level alone; "
             f"`{MULTIHEAD}`: one head per level, balanced mixing; `finetune_LEVEL`: "
             f"`{single_name(self.pretrain)}` fine-tuned on LEVEL (whole backbone; it also had "
             "the pre-training run's budget). Every model is scored on every level it has a head "

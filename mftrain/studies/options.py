@@ -24,9 +24,17 @@ Levels = Annotated[
 ]
 NTest = Annotated[int, typer.Option(help="Held-out test structures (with every scored label).")]
 Seeds = Annotated[int, typer.Option(help="Repeats of the comparison (seeds 0..K-1).")]
+Steps = Annotated[
+    int | None,
+    typer.Option(
+        help="Optimiser steps per run and seed, the same for every model (fine-tuning: stage 2)."
+    ),
+]
 BudgetMinutes = Annotated[
-    float,
-    typer.Option(help="Training wall-clock minutes per run and seed (fine-tuning: stage 2)."),
+    float | None,
+    typer.Option(
+        help="Also stop each run after this many wall-clock minutes (default: steps alone)."
+    ),
 ]
 Config = Annotated[
     Path | None,
@@ -42,9 +50,9 @@ def level_list(text: str | None) -> list[str] | None:
     return None if text is None else [x.strip() for x in text.split(",") if x.strip()]
 
 
-def size_list(text: str) -> list[int]:
+def size_list(text: str, option: str = "--sizes") -> list[int]:
     """``--sizes 10,25``: the sizes; UsageError for anything but integers."""
     try:
         return [int(x) for x in text.split(",") if x.strip()]
     except ValueError:
-        raise UsageError(f"--sizes {text!r}: expected comma-separated integers") from None
+        raise UsageError(f"{option} {text!r}: expected comma-separated integers") from None

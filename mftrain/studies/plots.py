@@ -164,9 +164,11 @@ def learning_curves_by_size(
     path: Path,
     panels: Sequence[tuple[str, dict[str, list[tuple[int, Sequence[float | None]]]]]],
     title: str,
+    dashed: Sequence[str] = (),
 ) -> Path:
     """Error against training-set size, log-log: one panel per (y label, {model: [(N, values
-    over seeds)]}); the mean with a one-standard-deviation band, every seed as a dot."""
+    over seeds)]}); the mean with a one-standard-deviation band, every seed as a dot. ``dashed``
+    models are drawn as black dashed lines (e.g. a baseline that is not a trained model)."""
     fig = Figure(figsize=(5.0 * len(panels), 4.0))
     axes = fig.subplots(1, len(panels), squeeze=False)[0]
     for ax, (label, series) in zip(axes, panels, strict=True):
@@ -183,6 +185,9 @@ def learning_curves_by_size(
             if not xs:
                 continue
             means, stds = np.asarray(means), np.asarray(stds)
+            if name in dashed:
+                ax.plot(xs, means, color="k", linestyle="--", label=name)
+                continue
             ax.plot(xs, means, color=f"C{k}", marker="o", label=name)
             ax.fill_between(xs, means - stds, means + stds, color=f"C{k}", alpha=0.15)
         ax.set_xscale("log")

@@ -22,7 +22,7 @@ from typing import Any, ClassVar
 from mfdata.errors import UsageError
 from mfdata.progress import Echo
 from mfdata.store.store import Store
-from mftrain.studies.args import StudyArgs, each_at_least, positive
+from mftrain.studies.args import Budget, StudyArgs, at_least, each_at_least, positive
 from mftrain.studies.configs import finetuned, single, study_defaults
 from mftrain.studies.data import StudyData, require_level
 from mftrain.studies.plots import figures_dir, learning_curves_by_size
@@ -41,12 +41,25 @@ PRETRAIN = "pretrain"
 
 @dataclass(kw_only=True)
 class PretrainFinetuneArgs(StudyArgs):
-    RULES: ClassVar = StudyArgs.RULES | {"sizes": each_at_least(1), "pretrain_minutes": positive}
+    RULES: ClassVar = StudyArgs.RULES | {
+        "sizes": each_at_least(1),
+        "pretrain_steps": at_least(1),
+        "pretrain_minutes": positive,
+    }
 
     pretrain: str  # the pre-training level (energies and forces)
     finetune: str  # the fine-tuning level
     sizes: list[int]  # fine-tuning set sizes N
-    pretrain_minutes: float  # the pre-training run's budget
+    pretrain_steps: int | None = None  # the pre-training run's budget: steps
+    pretrain_minutes: float | None = None  # and/or minutes
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.pretrain_steps is None and self.pretrain_minutes is None:
+            raise UsageError("give --pretrain-steps or --pretrain-minutes")
+
+    def pretrain_budget(self) -> Budget:
+        return Budget(self.pretrain_steps, self.pretrain_minutes)
 
 
 class PretrainFinetune(Recipe[PretrainFinetuneArgs]):
@@ -77,9 +90,9 @@ class PretrainFinetune(Recipe[PretrainFinetuneArgs]):
 
     def jobs(self, seed: Seed) -> list[Job]:
         pre = seed.root / f"pretrain-{self.low}"
-        largest = seed.stores[self.sizes[-1]]
+        largest = seed.training(self.sizes[-1])
         jobs = [
-            Job(PRETRAIN, seed.seed, pre, largest, single(self.low), self.args.pretrain_minutes)
+            Job(PRETRAIN, seed.seed, pre, largest, single(self.low), self.args.pretrain_budget())
         ]
         for n in self.sizes:
             models = {SCRATCH: single(self.high)}
@@ -90,9 +103,9 @@ class PretrainFinetune(Recipe[PretrainFinetuneArgs]):
                     name,
                     seed.seed,
                     seed.root / f"n{n}" / name,
-                    seed.stores[n],
+                    seed.training(n),
                     model,
-                    self.args.budget_minutes,
+                    self.args.budget(),
                     n,
                     phase=1 if name == SCRATCH else 2,
                 )
@@ -151,13 +164,14 @@ class PretrainFinetune(Recipe[PretrainFinetuneArgs]):
         )
         study = summary["study"]
         args = study["arguments"]
+        pretrain = Budget(args["pretrain_steps"], args["pretrain_minutes"])
         lines = [
             f"# Pre-training on {low}, fine-tuning on {high}",
             "",
             f"Store `{study['source_store']['name']}`; {args['n_test']} held-out structures "
             f"scored on {high}; {args['seeds']} seed(s); pre-training: `single` on {low} "
-            f"energies and forces of every training structure, {args['pretrain_minutes']:g} min; "
-            f"every other run {args['budget_minutes']:g} min (fine-tuning runs: stage 2 only, "
+            f"energies and forces of every training structure, {pretrain.describe()}; "
+            f"every other run {Budget.planned(args).describe()} (fine-tuning runs: stage 2 only, "
             f"on top of the pre-training). N: {high} training structures (energies"
             + (" and forces" if self.with_forces else "")
             + "; nested across N). Variants: "

@@ -21,28 +21,35 @@ import numpy as np
 
 from mfdata.progress import Echo
 from mfdata.store.store import Store
-from mftrain.studies.args import StudyArgs
+from mftrain.studies.args import Budget, StudyArgs
 from mftrain.studies.data import Draw, StudyData
 from mftrain.studies.tables import summarise
 
 A = TypeVar("A", bound=StudyArgs)
+Kept = tuple[str, ...] | None  # the scarce level's labels a training store keeps (None: all)
 
 
 @dataclass
 class Seed:
     """One seed of a study: its draw among the scarce level's structures, its training stores
-    (per size N of :attr:`Recipe.sizes`; a run's ``data.stores``) and its runs' directory."""
+    and its runs' directory."""
 
     seed: int
     draw: Draw
-    stores: dict[int | None, list[str]]
+    stores: dict[tuple[int | None, Kept], list[str]]  # (N, scarce labels kept) -> data.stores
     root: Path  # OUT/runs/seed-K
+
+    def training(self, n: int | None = None, kept: Kept = None) -> list[str]:
+        """The training stores (a run's ``data.stores``) with the scarce level on ``n``
+        structures (of :attr:`Recipe.sizes`), keeping its labels ``kept`` (of
+        :attr:`Recipe.kept`; None: all)."""
+        return self.stores[n, kept]
 
 
 @dataclass
 class Job:
-    """One run: model ``name`` for ``seed``, trained on ``stores`` for ``minutes`` (wall clock)
-    in directory ``run`` with the ``model``'s settings over the base config (see
+    """One run: model ``name`` for ``seed``, trained on ``stores`` for ``budget`` in directory
+    ``run`` with the ``model``'s settings over the base config (see
     :func:`mftrain.studies.configs.run_config`). ``n``: the training size it belongs to, if the
     recipe has several. Phase 2 runs start once every phase 1 run has finished (fine-tuning
     from a pre-trained checkpoint)."""
@@ -52,7 +59,7 @@ class Job:
     run: Path
     stores: list[str]
     model: dict[str, Any]
-    minutes: float
+    budget: Budget
     n: int | None = None
     phase: int = 1
 
@@ -81,16 +88,19 @@ class Results:
 
 class Recipe(ABC, Generic[A]):
     """One comparison on one store. Subclasses set :attr:`name` and, when built, :attr:`scarce`,
-    :attr:`scored` and (if not every structure) :attr:`sizes`."""
+    :attr:`scored` and (if not every structure) :attr:`sizes`; :attr:`kept` when some models
+    must not see some of the scarce level's labels (not even through statistics)."""
 
     name: ClassVar[str]  # the command's name; results.json's ``study.recipe``
     scarce: str  # the level whose labels the training stores keep on N structures only
     scored: list[tuple[str, str]]  # (level, label) pairs every test structure has
     sizes: list[int | None]  # the training stores each seed needs (None: every structure)
+    kept: list[Kept]  # per size, stores keeping these scarce labels (None: all of them)
 
     def __init__(self, args: A, store: Store) -> None:
         self.args = args
         self.sizes = [None]
+        self.kept = [None]
 
     def plan(self) -> dict[str, Any]:
         """The recipe's entries in the study plan (beside the arguments): resolved levels..."""

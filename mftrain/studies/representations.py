@@ -20,7 +20,7 @@ import numpy as np
 
 from mfdata.progress import Echo
 from mfdata.store.store import Store
-from mftrain.studies.args import StudyArgs
+from mftrain.studies.args import Budget, StudyArgs
 from mftrain.studies.cka import backbone_features, linear_cka
 from mftrain.studies.configs import MULTIHEAD, multihead, single, single_name
 from mftrain.studies.data import StudyData, require_levels
@@ -59,9 +59,9 @@ class Representations(Recipe[RepresentationsArgs]):
         return {"levels": self.levels}
 
     def jobs(self, seed: Seed) -> list[Job]:
-        minutes, stores = self.args.budget_minutes, seed.stores[None]
+        budget, stores = self.args.budget(), seed.training()
         return [
-            Job(name, seed.seed, seed.root / name, stores, model, minutes)
+            Job(name, seed.seed, seed.root / name, stores, model, budget)
             for name, model in self.models.items()
         ]
 
@@ -124,7 +124,7 @@ class Representations(Recipe[RepresentationsArgs]):
             "",
             f"Store `{summary['study']['source_store']['name']}`; levels "
             f"{', '.join(self.levels)}; {args['n_test']} held-out structures; {args['seeds']} "
-            f"seed(s); {args['budget_minutes']:g} min per model. Models: one single-level model "
+            f"seed(s); {Budget.planned(args).describe()} per model. Models: one single-level model "
             f"per level and `{MULTIHEAD}` (all levels, balanced mixing), same architecture. "
             "Compared by linear CKA of the node features after the last interaction layer, one "
             "row per atom of the test structures (mean over seeds of the same-seed pairs); "

@@ -65,7 +65,7 @@ class RunError(MfkitError):
 
 def run_study(recipe_type: type[Recipe[A]], args: A, echo: Echo = print) -> dict[str, Any]:
     """Run the study ``recipe_type`` with ``args``; returns what it writes to results.json."""
-    base = base_config(args.config)
+    base = base_config(args.config, args.budget())
     store = open_store(args.data or default_store())
     recipe = recipe_type(args, store)
     out = Path(args.out).resolve()
@@ -84,7 +84,11 @@ def run_study(recipe_type: type[Recipe[A]], args: A, echo: Echo = print) -> dict
     seeds = []
     for seed in range(args.seeds):
         chosen = draw(data, seed, args.val_fraction)
-        stores = {n: [str(training_store(data, chosen, n, echo))] for n in recipe.sizes}
+        stores = {
+            (n, kept): [str(training_store(data, chosen, n, echo, kept))]
+            for n in recipe.sizes
+            for kept in recipe.kept
+        }
         check_held_out(data.test, [path for paths in stores.values() for path in paths])
         seeds.append(Seed(seed, chosen, stores, out / "runs" / f"seed-{seed}"))
     jobs = [job for seed in seeds for job in recipe.jobs(seed)]
@@ -132,15 +136,15 @@ def run_jobs(
 ) -> list[Scored]:
     """Train ``jobs`` phase by phase, ``parallel`` at a time (default: one per CPU core), each
     scored on the ``test`` store as it finishes; returns them scored, in job order."""
-    configs = [run_config(base, j.model, j.seed, j.stores, j.minutes, j.run) for j in jobs]
+    configs = [run_config(base, j.model, j.seed, j.stores, j.budget, j.run) for j in jobs]
     scored: list[Scored | None] = [None] * len(jobs)
     phases = sorted({job.phase for job in jobs})
     for phase in phases:
         todo = [k for k, job in enumerate(jobs) if job.phase == phase]
         at_once = parallel or default_jobs(len(todo))
-        minutes = "/".join(f"{m:g}" for m in sorted({jobs[k].minutes for k in todo}))
+        budgets = " / ".join(sorted({jobs[k].budget.describe() for k in todo}))
         stage = f" (phase {phase} of {len(phases)})" if len(phases) > 1 else ""
-        echo(f"{len(todo)} runs of {minutes} min each, {at_once} at a time{stage}")
+        echo(f"{len(todo)} runs of {budgets} each, {at_once} at a time{stage}")
 
         def done(i: int, fitted: dict[str, Any], todo: list[int] = todo) -> None:
             k = todo[i]
@@ -206,10 +210,20 @@ def final_checkpoint(run: Path) -> Path:
     return run / "best.ckpt"
 
 
+def run_steps(run: Path, final: Path) -> int:
+    """The optimiser steps of a run: both stages' when it pre-trained itself, else those of the
+    stage that wrote ``final`` (a run fine-tuned from another run's checkpoint)."""
+    steps = read_checkpoint(final.parent / "last.ckpt").global_step
+    stages = run / "stages.json"
+    if stages.is_file():
+        steps += json.loads(stages.read_text(encoding="utf-8"))["pretrain"].get("steps", 0)
+    return steps
+
+
 def fit_in_subprocess(config: TrainConfig, out: Path) -> dict[str, Any]:
     """``mftrain fit`` on ``config`` in a subprocess with :data:`THREADS` torch threads (its log
-    in ``OUT/fit.log``); returns the final checkpoint, the step it reached (stage 2's for a
-    fine-tuning run) and the wall time. A run that finished before is not run again."""
+    in ``OUT/fit.log``); returns the final checkpoint, its optimiser steps (:func:`run_steps`)
+    and the wall time. A run that finished before is not run again."""
     out.mkdir(parents=True, exist_ok=True)
     done = out / DONE_FILE
     if done.is_file():
@@ -231,7 +245,7 @@ def fit_in_subprocess(config: TrainConfig, out: Path) -> dict[str, Any]:
     final = final_checkpoint(out)
     fitted = {
         "checkpoint": str(final),
-        "steps": read_checkpoint(final.parent / "last.ckpt").global_step,
+        "steps": run_steps(out, final),
         "seconds": round(time.perf_counter() - started, 1),
     }
     done.write_text(json.dumps(fitted) + "\n", encoding="utf-8")
