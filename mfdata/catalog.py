@@ -36,6 +36,8 @@ class ConvertOptions:
     level: str | None = None
     maps: list[tuple[str, str, str]] = field(default_factory=list)
     units: dict[str, str] = field(default_factory=dict)
+    # the entry's units by quantity (energy, forces, positions...): what its files hold
+    quantity_units: dict[str, str] = field(default_factory=dict)
     pbc: bool | None = None
     isolated_atoms: tuple[str, str] | None = None
     isolated_atoms_file: str | None = None
@@ -240,6 +242,7 @@ def convert_options(entry: CatalogEntry) -> ConvertOptions:
         level=reader.level,
         maps=[parse_mapping(m) for m in reader.map],
         units=dict(reader.units),
+        quantity_units=dict(entry.units),
         pbc=reader.pbc,
         isolated_atoms=marker,
         isolated_atoms_file=reader.isolated_atoms_file,

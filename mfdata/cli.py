@@ -10,19 +10,20 @@ from typing import Annotated, Literal
 
 import numpy as np
 import typer
+from pydantic import ValidationError
 
 from mfdata.catalog import describe, filter_entries, find_entry, load_catalog, parse_elements
 from mfdata.convert import convert as convert_files
 from mfdata.convert import merge as merge_stores
 from mfdata.errors import MfkitError, UsageError
 from mfdata.files import atomic_write_text
-from mfdata.levels import registry, resolve_level
+from mfdata.levels import add_level, registry, resolve_level
 from mfdata.query import parse_has, select, source_ids
 from mfdata.readers import FORMATS, format_help
 from mfdata.records import DEFAULT_GEOMETRY_TOLERANCE
 from mfdata.registry import home, open_store, registered
 from mfdata.resources import example_file
-from mfdata.schema import QuerySpec
+from mfdata.schema import LevelOfTheory, QuerySpec
 from mfdata.split import make_split
 from mfdata.store.manifest import StoreError
 from mfdata.store.store import Store
@@ -106,10 +107,16 @@ def convert(
     catalog: Annotated[
         str | None,
         typer.Option(
-            help="A catalogued dataset (see 'mfdata catalog list'): its reader options, licence "
-            "and citation fill in the flags not given."
+            help="A catalogued dataset (see 'mfdata catalog list'): its reader options, units, "
+            "licence and citation fill in the flags not given."
         ),
     ] = None,
+    allow_implausible: Annotated[
+        bool,
+        typer.Option(
+            help="Keep values implausible for their stated unit (recorded in the manifest)."
+        ),
+    ] = False,
 ) -> None:
     """Convert QM files into a store; every label gets its level of theory and unit."""
     store = convert_files(
@@ -129,25 +136,37 @@ def convert(
         licence=licence,
         citation=citation,
         catalog=catalog,
+        allow_implausible=allow_implausible,
         notify=_note,
     )
-    typer.echo(_summary(store.info()))
+    typer.echo(_summary(store))
 
 
-def _summary(info: dict) -> str:
+def _summary(store: Store) -> str:
+    """What a store holds, with each label's unit and the units its sources gave."""
+    info = store.info()
     lines = [
         f"store {info['name']} at {info['path']}",
         f"  {info['n_structures']} structures, {info['n_atoms']} atoms, "
         f"elements {' '.join(info['elements'])}",
     ]
-    known = registry()
     for level, labels in info["levels"].items():
-        counts = ", ".join(f"{kind} {n}" for kind, n in labels.items())
-        lines.append(f"  {level} ({known[level].name}): {counts or 'atom energies only'}")
+        counts = ", ".join(
+            f"{kind} {n} ({_units(info['units'][level][kind], info['source_units'][level][kind])})"
+            for kind, n in labels.items()
+        )
+        name = store.manifest.levels[level].name
+        lines.append(f"  {level} ({name}): {counts or 'atom energies only'}")
     if info["splits"]:
         lines.append(f"  splits: {', '.join(info['splits'])}")
     lines.append(f"  checksum {info['checksum'][:16]}")
     return "\n".join(lines)
+
+
+def _units(unit: str, source_units: list[str]) -> str:
+    """``eV`` when the sources gave eV, ``eV, from kcal/mol`` when they gave another unit."""
+    other = [u for u in source_units if u != unit]
+    return f"{unit}, from {', '.join(other)}" if other else unit
 
 
 @app.command()
@@ -156,23 +175,70 @@ def info(
     json_out: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
     """What a store holds: structures, atoms, elements, levels and label counts."""
-    summary = open_store(store).info()
-    typer.echo(json.dumps(summary, indent=2) if json_out else _summary(summary))
+    opened = open_store(store)
+    typer.echo(json.dumps(opened.info(), indent=2) if json_out else _summary(opened))
 
 
-@app.command()
+levels_app = typer.Typer(
+    help="The levels of theory mfkit knows (package and $MFKIT_HOME/levels.yaml); 'add' "
+    "registers a new one.",
+)
+app.add_typer(levels_app, name="levels")
+
+
+@levels_app.callback(invoke_without_command=True)
 def levels(
+    ctx: typer.Context,
     json_out: Annotated[bool, typer.Option("--json", help="Print a JSON list.")] = False,
 ) -> None:
     """The levels of theory mfkit knows, with the aliases that work wherever a level is typed."""
+    if ctx.invoked_subcommand is not None:
+        return
     known = registry()
     if json_out:
         typer.echo(
             json.dumps([lvl.model_dump() for lvl in known.values()], indent=2, ensure_ascii=False)
         )
         return
+    id_width = max(len(lvl.id) for lvl in known.values())
+    name_width = max(len(lvl.name) for lvl in known.values())
     for lvl in known.values():
-        typer.echo(f"{lvl.id:24s} {lvl.name:32s} {', '.join(lvl.aliases)}")
+        typer.echo(f"{lvl.id:{id_width}s}  {lvl.name:{name_width}s}  {', '.join(lvl.aliases)}")
+
+
+@levels_app.command("add")
+def levels_add(
+    level_id: Annotated[str, typer.Argument(metavar="ID", help="Short id: a-z, 0-9 and '-'.")],
+    name: Annotated[str, typer.Option(help="Canonical name, e.g. 'PW91 (CASTEP)'.")],
+    method: Annotated[str, typer.Option(help="The method, e.g. PW91.")],
+    family: Annotated[
+        str, typer.Option(help="wavefunction, dft, semiempirical, empirical or composite.")
+    ],
+    basis: Annotated[str | None, typer.Option(help="Basis set (or plane-wave cutoff).")] = None,
+    program: Annotated[str | None, typer.Option(help="Program and version.")] = None,
+    alias: Annotated[
+        list[str], typer.Option("--alias", help="A name source files use; repeatable.")
+    ] = [],  # noqa: B006 - typer reads the default
+    notes: Annotated[str | None, typer.Option(help="Anything else worth knowing.")] = None,
+) -> None:
+    """Register a level of theory in $MFKIT_HOME/levels.yaml; stores converted with it carry its
+    definition, so they work where it is not registered."""
+    try:
+        level = LevelOfTheory(
+            id=level_id,
+            name=name,
+            method=method,
+            family=family,
+            basis=basis,
+            program=program,
+            aliases=alias,
+            notes=notes,
+        )
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        raise UsageError(f"level {level_id}: {problems}") from None
+    path = add_level(level)
+    typer.echo(f"added {level.id} ({level.name}) to {path}")
 
 
 @app.command()
@@ -191,9 +257,21 @@ def export(
 
 
 @app.command()
-def verify(store: Annotated[Path, typer.Argument(help="A store.")]) -> None:
-    """Recompute every checksum (arrays and LMDB shards); exit non-zero on any mismatch."""
-    problems = open_store(store).verify()
+def verify(
+    store: Annotated[Path, typer.Argument(help="A store.")],
+    repair: Annotated[
+        bool, typer.Option(help="First remove what interrupted writes left in the store.")
+    ] = False,
+) -> None:
+    """Recompute every checksum and derived count (arrays, manifest, splits, LMDB shards) and
+    list leftovers of interrupted writes; exit non-zero on any problem."""
+    opened = open_store(store)
+    if repair:
+        from mfdata.store.verify import repair as remove_leftovers
+
+        for path in remove_leftovers(opened.path):
+            typer.echo(f"removed {path}", err=True)
+    problems = opened.verify()
     if problems:
         for problem in problems:
             typer.echo(problem, err=True)
@@ -205,17 +283,25 @@ def verify(store: Annotated[Path, typer.Argument(help="A store.")]) -> None:
 def stats(
     store: Annotated[str, typer.Argument(help="A store: path or registered name.")],
     json_out: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    allow_implausible: Annotated[
+        bool,
+        typer.Option(
+            help="Keep values implausible for their stated unit (recorded in the manifest)."
+        ),
+    ] = False,
 ) -> None:
     """Per-level reference energies, energy spread, force RMS and level alignment; saved in the
-    manifest (the checksum does not change) so training can initialise each head from them."""
+    manifest (the checksum does not change) so training can initialise each head from them.
+    Values implausible for their stated unit are refused unless overridden."""
     import warnings
 
-    from mfdata.stats import StatisticsWarning, all_warnings, format_statistics, update_statistics
+    from mfdata.plausibility import update_checked_statistics
+    from mfdata.stats import StatisticsWarning, all_warnings, format_statistics
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", StatisticsWarning)  # echoed below, once each
-        result = update_statistics(open_store(store).path)
-    for message in all_warnings(result):
+        result, implausible = update_checked_statistics(open_store(store).path, allow_implausible)
+    for message in all_warnings(result) + implausible:
         typer.echo(f"warning: {message}", err=True)
     typer.echo(result.model_dump_json(indent=2) if json_out else format_statistics(result))
 
@@ -256,6 +342,23 @@ def demo(
         s, _ = Store(target).read()
         e = s.labels[("wb97x-631gd", "energy")].values
         typer.echo(f"ωB97X/6-31G(d) energies (eV): {np.array2string(e, precision=3)}")
+
+
+@app.command()
+def register(
+    store: Annotated[Path, typer.Argument(help="A store directory.")],
+    name: Annotated[
+        str | None, typer.Option(help="Name to register (default: the directory name).")
+    ] = None,
+) -> None:
+    """Register an existing store by name (e.g. one whose conversion was interrupted just
+    before it was registered, or one copied from another machine)."""
+    from mfdata.registry import register as register_store
+
+    opened = Store(store)
+    chosen = name or opened.path.resolve().name
+    register_store(chosen, opened.path)
+    typer.echo(f"registered {chosen} -> {opened.path.resolve()}")
 
 
 @app.command("list")
@@ -372,9 +475,16 @@ def merge(
         DEFAULT_GEOMETRY_TOLERANCE
     ),
     name: Annotated[str | None, typer.Option(help="Store name (default: directory name).")] = None,
+    allow_implausible: Annotated[
+        bool, typer.Option(help="Keep levels whose energies disagree by a unit ratio.")
+    ] = False,
 ) -> None:
-    """Join stores by geometry so one record carries the labels of all; conflicts are errors."""
-    typer.echo(_summary(merge_stores(stores, out, tolerance=tolerance, name=name).info()))
+    """Join stores by geometry so one record carries the labels of all; conflicts are errors.
+    Each store is converted on its own (one convert per level or unit), then merged."""
+    merged = merge_stores(
+        stores, out, tolerance=tolerance, name=name, allow_implausible=allow_implausible
+    )
+    typer.echo(_summary(merged))
 
 
 @app.command()
@@ -421,7 +531,7 @@ def label(
         f"({run.recipe.program} {run.program_version})",
         err=True,
     )
-    typer.echo(_summary(Store(out).info()))
+    typer.echo(_summary(Store(out)))
 
 
 @app.command()

@@ -16,19 +16,29 @@ from typing import get_args
 from mfdata.catalog import ConvertOptions, convert_options, find_entry
 from mfdata.errors import UsageError
 from mfdata.linking import link_sources
-from mfdata.readers import checked_mapping, parse_mapping, read_source, reader_spec
+from mfdata.plausibility import source_findings
+from mfdata.readers import AseReader, checked_mapping, parse_mapping, read_source, reader_spec
 from mfdata.records import DEFAULT_GEOMETRY_TOLERANCE, InvalidDataError, Source
 from mfdata.registry import check_name_free, open_store, register
-from mfdata.schema import label_kind
+from mfdata.schema import UNKNOWN, label_kind
 from mfdata.store.store import Store, store_as_source, write_store
 from mfdata.store.zarr_store import Precision
+from mfdata.units import conversion_factor
 
 PRECISIONS: tuple[str, ...] = get_args(Precision)
 KeyMap = tuple[str, str, str]  # (source key, level, label)
 Notify = Callable[[str], None]
 
 # Keys whose unit may be stated without a map: ASE's standard keys and an sGDML file's E and R.
-UNMAPPED_UNIT_KEYS = frozenset({"energy", "free_energy", "forces", "stress", "E", "R"})
+UNMAPPED_UNIT_KEYS = frozenset({"energy", "free_energy", "forces", "stress", "virial", "E", "R"})
+# ASE's standard keys, and the quantity of a catalog entry's ``units`` whose unit each carries.
+ASE_KEY_QUANTITIES = {
+    "energy": "energy",
+    "free_energy": "energy",
+    "forces": "forces",
+    "stress": "stress",
+    "virial": "energy",
+}
 
 
 def convert(
@@ -50,6 +60,7 @@ def convert(
     citation: str | None = None,
     description: str | None = None,
     catalog: str | None = None,
+    allow_implausible: bool = False,
     notify: Notify | None = None,
 ) -> Store:
     """Convert ``inputs`` (one file or several) into a new store at ``out``, register it as
@@ -62,8 +73,12 @@ def convert(
     ``"id:KEY"``. ``pbc`` overrides periodicity. ``isolated_atoms`` is a file of single-atom
     calculations, or a (key, value) pair (or ``"KEY=VALUE"``) marking them in the inputs.
     ``catalog`` names a catalogued dataset whose reader options, licence and citation fill in
-    what the arguments leave open. ``notify`` receives one-line notes (which level a release
-    file was taken at, where isolated atoms came from); by default they are dropped.
+    what the arguments leave open. Values implausible for their stated unit (force RMS above
+    10 eV/Å, energies beyond any atom's, levels whose spreads differ by a unit ratio) are
+    refused, naming the file, the key and the likely unit, unless ``allow_implausible`` (then
+    the findings are recorded in the manifest). ``notify`` receives one-line notes (which level
+    a release file was taken at, where isolated atoms came from, keys that look like labels and
+    were not read); by default they are dropped.
     """
     inputs = [inputs] if isinstance(inputs, str | Path) else list(inputs)
     if not inputs:
@@ -94,11 +109,16 @@ def convert(
         for p in inputs
     ]
     _check_maps_found(sources, options.maps)
+    for note in (note for source in sources for note in source.notes):
+        notify(note)
     if options.level is None:
         _note_default_levels(sources, notify)
+    structures = link_sources(sources, link_by, tolerance)
+    implausible = source_findings(structures, sources)
+    _refuse_implausible(implausible, allow_implausible)
     write_store(
         out,
-        link_sources(sources, link_by, tolerance),
+        structures,
         sources + iso_sources,
         name=name,
         link_by=link_by,
@@ -107,6 +127,7 @@ def convert(
         licence=options.licence,
         citation=options.citation,
         description=options.description,
+        implausible_allowed=implausible,
     )
     register(name, out)
     return Store(out)
@@ -118,24 +139,42 @@ def merge(
     *,
     tolerance: float = DEFAULT_GEOMETRY_TOLERANCE,
     name: str | None = None,
+    allow_implausible: bool = False,
 ) -> Store:
     """Join ``stores`` (paths or registered names) by geometry into a new store at ``out``, so
     that one record carries the labels of all; conflicting labels are an error. Registered as
-    ``name`` (default: the directory name) and returned."""
+    ``name`` (default: the directory name) and returned. Levels whose energies turn implausible
+    side by side (spreads a unit ratio apart) are refused as in :func:`convert`."""
     name = _check_target(out, name)
     opened = [open_store(s) for s in stores]
     sources = [store_as_source(s) for s in opened]
+    structures = link_sources(sources, "geometry", tolerance)
+    allowed = [m for s in opened for m in s.manifest.provenance.implausible_allowed]
+    implausible = [m for m in source_findings(structures, sources) if m not in allowed]
+    _refuse_implausible(implausible, allow_implausible or bool(allowed))
     write_store(
         out,
-        link_sources(sources, "geometry", tolerance),
+        structures,
         sources,
         name=name,
         link_by="geometry",
         tolerance=tolerance,
         labelling=[run for s in opened for run in s.manifest.provenance.labelling],
+        implausible_allowed=allowed + implausible,
     )
     register(name, out)
     return Store(out)
+
+
+def _refuse_implausible(findings: list[str], allowed: bool) -> None:
+    """Plausibility findings are an error unless the user overrode them."""
+    if findings and not allowed:
+        raise InvalidDataError(
+            "values implausible for their stated unit: "
+            + " | ".join(findings)
+            + " (state the unit with --units KEY=UNIT; if the values are right, rerun with "
+            "--allow-implausible, which the manifest records)"
+        )
 
 
 def _ignore(note: str) -> None:
@@ -151,17 +190,41 @@ def _fill_from_catalog(given: ConvertOptions, entry: ConvertOptions) -> ConvertO
     """The user's options, with the catalog entry's wherever the user gave none; a key the
     user maps replaces the catalog's mapping of that key."""
     mapped = {key for key, _, _ in given.maps}
+    format = given.format or entry.format
     return ConvertOptions(
-        format=given.format or entry.format,
+        format=format,
         level=given.level or entry.level,
         maps=[m for m in entry.maps if m[0] not in mapped] + given.maps,
-        units={**entry.units, **given.units},
+        units={**_catalog_key_units(entry, format), **entry.units, **given.units},
         pbc=entry.pbc if given.pbc is None else given.pbc,
         group_key=given.group_key or entry.group_key,
         licence=given.licence or entry.licence,
         citation=given.citation or entry.citation,
         description=given.description or entry.description,
     )
+
+
+def _catalog_key_units(entry: ConvertOptions, format: str | None) -> dict[str, str]:
+    """The catalog's units by quantity as units of ASE's standard keys, when the files are read
+    through ase.io (a catalogued dataset given with ``--format extxyz``, say), so that its
+    kcal/mol are not read as ASE's eV. Positions in a unit other than Å are refused there (the
+    ASE readers take Å), and so is a unit the catalog does not know."""
+    if format is None or not isinstance(reader_spec(format).read, AseReader):
+        return {}
+    units = entry.quantity_units
+    unknown = [q for q in ("energy", "forces", "positions") if units.get(q) == UNKNOWN]
+    if unknown:
+        raise UsageError(
+            f"--catalog: the catalog does not know the unit of {', '.join(unknown)} of this "
+            "dataset; state them with --units KEY=UNIT"
+        )
+    positions = units.get("positions")
+    if positions is not None and conversion_factor(positions, "length") != 1.0:
+        raise UsageError(
+            f"--catalog: this dataset's positions are in {positions}, but --format {format} "
+            f"reads Å; read its files with --format {entry.format}"
+        )
+    return {key: units[q] for key, q in ASE_KEY_QUANTITIES.items() if q in units}
 
 
 def _check_units(options: ConvertOptions) -> None:

@@ -48,6 +48,7 @@ def write_extxyz(store: Store, level: str, out: str | Path) -> int:
             results["stress"] = full_3x3_to_voigt_6_stress(labels["stress"].values[i])
         atoms.calc = SinglePointCalculator(atoms, **results)
         frames.append(atoms)
+    out.parent.mkdir(parents=True, exist_ok=True)  # as convert does for its output
     with atomic_file(out) as tmp:
         ase.io.write(tmp, frames, format="extxyz")
     return len(frames)

@@ -4,16 +4,30 @@ A file written with :func:`atomic_write_text` or :func:`atomic_file` is either t
 the complete new one, never a mixture: the content goes to a temporary sibling with a random name,
 created exclusively (``O_EXCL``, so a file or symlink planted there is never followed), is flushed
 to disk, and is renamed over the target.
+
+:func:`kill_point` marks the instants between the steps of a commit (before a rename, between a
+rename and the manifest that commits it); the tests of interrupted writes kill a real process
+there, and nothing else uses it.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import shutil
+import signal
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+
+KILL_AT = "MFKIT_TEST_KILL_AT"  # test hook: the kill point at which the process kills itself
+
+
+def kill_point(name: str) -> None:
+    """SIGKILL this process here when ``$MFKIT_TEST_KILL_AT`` is ``name`` (tests only)."""
+    if os.environ.get(KILL_AT) == name:
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def file_sha256(path: str | Path) -> str:
@@ -40,6 +54,7 @@ def atomic_file(target: str | Path) -> Iterator[Path]:
         yield tmp
         with open(tmp, "rb+") as handle:
             os.fsync(handle.fileno())
+        kill_point(f"replace:{target.name}")
         os.replace(tmp, target)
     except BaseException:
         tmp.unlink(missing_ok=True)
@@ -50,3 +65,11 @@ def atomic_write_text(target: str | Path, text: str) -> None:
     """Replace ``target`` with ``text`` (UTF-8) atomically."""
     with atomic_file(target) as tmp:
         tmp.write_text(text, encoding="utf-8")
+
+
+def remove(path: Path) -> None:
+    """Remove a leftover file or directory (a symlink itself, never what it points to)."""
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    else:
+        path.unlink(missing_ok=True)

@@ -147,6 +147,8 @@ class Source:
     atom_energies: dict[str, dict[str, float]] = field(default_factory=dict)
     ids: np.ndarray | None = None  # per-structure id strings, for linking by id
     describe: Callable[[int], str] = field(default=lambda i: f"record {i}")
+    keys: dict[LabelKey, str] = field(default_factory=dict)  # source key of a label, for messages
+    notes: list[str] = field(default_factory=list)  # one-line warnings for the user
 
 
 def validate(source: Source) -> None:

@@ -2,25 +2,22 @@
 
 A JSON file ``stores.json`` under ``$MFKIT_HOME`` (default: ``$XDG_DATA_HOME/mfkit``, else
 ``~/.local/share/mfkit``) maps store names to absolute paths. Wherever a STORE is asked for, a
-registered name works as well as a path.
+registered name works as well as a path. Names follow :data:`mfdata.schema.NAME_PATTERN`.
+Registering is a read-modify-write of ``stores.json`` under the registry's lock
+(``stores.json.lock``), so concurrent registrations all land.
 """
 
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
-from mfdata.files import atomic_write_text
+from mfdata.files import atomic_write_text, kill_point
+from mfdata.home import home
+from mfdata.schema import check_name
+from mfdata.store.lock import locked
 from mfdata.store.manifest import StoreError
 from mfdata.store.store import Store
-
-
-def home() -> Path:
-    if "MFKIT_HOME" in os.environ:
-        return Path(os.environ["MFKIT_HOME"])
-    data_home = os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share"
-    return Path(data_home) / "mfkit"
 
 
 def _registry_file() -> Path:
@@ -34,23 +31,31 @@ def registered() -> dict[str, str]:
         return {}
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
-    except ValueError as exc:
-        raise StoreError(f"{path}: unreadable store registry: {exc}") from exc
-    return {str(k): str(v) for k, v in data.items()}
+    except (ValueError, RecursionError) as exc:
+        raise StoreError(f"{path}: unreadable store registry: {type(exc).__name__}") from exc
+    if not isinstance(data, dict) or not all(isinstance(v, str) for v in data.values()):
+        raise StoreError(f"{path}: unreadable store registry: not an object of paths")
+    return {str(k): v for k, v in data.items()}
 
 
 def register(name: str, path: str | Path) -> None:
     """Record ``name`` -> ``path``; a name already used by another existing store is an error."""
-    check_name_free(name, path)
-    stores = registered()
-    stores[name] = str(Path(path).resolve())
     file = _registry_file()
     file.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(file, json.dumps(stores, indent=2, sort_keys=True) + "\n")
+    kill_point("register")
+    with locked(file.with_name(file.name + ".lock"), f"the store registry {file}"):
+        check_name_free(name, path)  # inside the lock: the registry as others left it
+        stores = registered()
+        stores[name] = str(Path(path).resolve())
+        atomic_write_text(file, json.dumps(stores, indent=2, sort_keys=True) + "\n")
+        for leftover in file.parent.glob(f".{file.name}.*.partial"):  # every writer holds the
+            leftover.unlink(missing_ok=True)  # lock: these are what killed ones left
 
 
 def check_name_free(name: str, path: str | Path) -> None:
-    """Fail before any work when ``name`` belongs to another existing store."""
+    """Fail before any work when ``name`` is not a safe name or belongs to another existing
+    store."""
+    check_name(name, "store name (--name)")
     old = registered().get(name)
     taken = old is not None and (Path(old) / "manifest.json").is_file()
     if taken and old != str(Path(path).resolve()):

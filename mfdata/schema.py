@@ -16,8 +16,16 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from mfdata.errors import MfkitError, UsageError
 from mfdata.units import CANONICAL_UNITS
 
-FORMAT_VERSION = "1.0"
+FORMAT_VERSION = "1.1"  # 1.1: manifest_checksum, split_checksums
 LEVEL_ID_PATTERN = r"^[a-z0-9][a-z0-9-]*$"
+# Store and split names: they become directory names and one line of `mfdata list`.
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,127}$"
+# Paths of arrays in a store's Zarr group: lowercase segments, never "." or "..".
+ARRAY_PATH_PATTERN = r"^[a-z0-9_][a-z0-9_-]*(/[a-z0-9_][a-z0-9_-]*)*$"
+# LMDB shards: inside the store's lmdb/ (in one packing's directory since mfkit 1.1), by name
+SHARD_PATTERN = r"^lmdb/([0-9a-f]{8}/)?shard-[0-9]{5}\.lmdb$"
+MAX_ROWS = 1 << 40  # bound on n_structures and n_atoms, before they are checked against arrays
+ElementSymbol = Annotated[str, Field(pattern=r"^[A-Z][a-z]?$")]
 
 
 class _Model(BaseModel):
@@ -120,8 +128,15 @@ LABEL_KINDS: dict[str, LabelKind] = {
     )
 }
 
-# Source quantities stored as a label kind after a sign change: a gradient is minus the forces.
-LABEL_SIGN: dict[str, tuple[str, float]] = {"gradient": ("forces", -1.0)}
+# Source quantities stored as a label kind after a sign change: a gradient is minus the forces;
+# a virial is minus the stress times the cell volume (ASE: virial = -volume * stress).
+LABEL_SIGN: dict[str, tuple[str, float]] = {
+    "gradient": ("forces", -1.0),
+    "virial": ("stress", -1.0),
+}
+# Source quantities that are an energy per cell and become their label kind divided by the cell
+# volume (so they exist only for periodic cells).
+PER_VOLUME: frozenset[str] = frozenset({"virial"})
 
 
 def label_kind(name: str) -> tuple[LabelKind, float]:
@@ -142,6 +157,11 @@ class LabelSummary(_Model):
 class LevelSummary(_Model):
     name: str
     labels: dict[str, LabelSummary]
+    definition: LevelOfTheory | None = Field(
+        None,
+        description="The level's full definition, so the store is read on a machine whose level "
+        "registry lacks it (absent in stores written before mfkit recorded it).",
+    )
     atom_energies: dict[str, float] = Field(
         default_factory=dict,
         description="Isolated-atom energies (eV) by chemical symbol, where a source gives them.",
@@ -180,11 +200,16 @@ class Provenance(_Model):
     labelling: list[LabellingRun] = Field(
         default_factory=list, description="mfdata label runs that computed the labels, if any."
     )
+    implausible_allowed: list[str] = Field(
+        default_factory=list,
+        description="Plausibility findings (values implausible for their stated unit) that the "
+        "user overrode with --allow-implausible; empty when every check passed.",
+    )
 
 
 class LmdbInfo(_Model):
     layout_version: int
-    shards: list[str]
+    shards: list[Annotated[str, Field(pattern=SHARD_PATTERN)]]
     checksum: str = Field(description="Store checksum the shards were packed from.")
 
 
@@ -247,18 +272,30 @@ class DatasetManifest(_Model):
     source: str | None = None
     licence: str | None = None
     citation: str | None = None
-    n_structures: int = Field(ge=0)
-    n_atoms: int = Field(ge=0)
-    elements: list[str]
+    n_structures: int = Field(ge=0, le=MAX_ROWS)
+    n_atoms: int = Field(ge=0, le=MAX_ROWS)
+    elements: list[ElementSymbol]
     levels: dict[str, LevelSummary]
     statistics: StoreStatistics = Field(
         default_factory=StoreStatistics, description="Written by mfdata stats; empty until then."
     )
-    checksums: dict[str, str] = Field(description="sha256 of each immutable array, by path.")
+    checksums: dict[Annotated[str, Field(pattern=ARRAY_PATH_PATTERN)], str] = Field(
+        description="sha256 of each immutable array, by path."
+    )
     checksum: str = Field(description="sha256 over all immutable arrays: the store's identity.")
     provenance: Provenance
     lmdb: LmdbInfo | None = None
-    splits: list[str] = Field(default_factory=list)
+    splits: list[Annotated[str, Field(pattern=NAME_PATTERN)]] = Field(default_factory=list)
+    split_checksums: dict[str, str] = Field(
+        default_factory=dict,
+        description="sha256 of each saved split (its arrays and info), by name; not part of the "
+        "store's identity. Splits saved by mfkit before 1.1 have none.",
+    )
+    manifest_checksum: str | None = Field(
+        None,
+        description="sha256 of the canonical JSON of every other field: a changed byte anywhere "
+        "in the manifest is caught when it is read. Absent in manifests before 1.1.",
+    )
 
     @field_validator("levels")
     @classmethod
@@ -267,6 +304,23 @@ class DatasetManifest(_Model):
             if not re.match(LEVEL_ID_PATTERN, level_id):
                 raise ValueError(f"level id {level_id!r} does not match {LEVEL_ID_PATTERN}")
         return levels
+
+    @model_validator(mode="after")
+    def _split_checksums_listed(self) -> DatasetManifest:
+        unlisted = sorted(set(self.split_checksums) - set(self.splits))
+        if unlisted or len(set(self.splits)) != len(self.splits):
+            raise ValueError(f"split checksums {unlisted} or duplicate names in splits")
+        return self
+
+
+def check_name(name: str, what: str) -> str:
+    """``name`` when it is a safe store or split name (:data:`NAME_PATTERN`), else a UsageError."""
+    if not re.fullmatch(NAME_PATTERN, name):
+        raise UsageError(
+            f"{what} {name!r}: use up to 128 letters, digits and '.', '_', '+', '-', starting "
+            "with a letter or digit"
+        )
+    return name
 
 
 class FormatVersionError(MfkitError, ValueError):
@@ -320,7 +374,7 @@ class Selection(_Model):
 class SplitInfo(_Model):
     """A named split saved in a store (``splits/NAME``): how it was made and its part sizes."""
 
-    name: str
+    name: str = Field(pattern=NAME_PATTERN)
     by: Literal["structure", "group", "formula"]
     fractions: list[float]
     parts: list[str]
@@ -340,7 +394,6 @@ Unknown = Literal["unknown"]
 LabelName = Literal["energy", "forces", "stress", "dipole", "charges"]
 Count = Annotated[int, Field(ge=0)] | Unknown
 LevelId = Annotated[str, Field(pattern=LEVEL_ID_PATTERN)]
-ElementSymbol = Annotated[str, Field(pattern=r"^[A-Z][a-z]?$")]
 
 
 class CatalogCitation(_Model):

@@ -7,27 +7,34 @@ the seed and filled into parts by cumulative structure count (a unit goes to the
 middle falls in). Subsets of the training part for
 learning curves are prefixes of one seeded permutation, so each contains the smaller ones.
 
-On disk: ``STORE/splits/NAME/`` is a Zarr v3 group with ``part`` (int8, per structure) and
-``subset_order`` (int64 indices of the training part), attributes holding the SplitInfo; written
-atomically, outside the checksummed arrays. Reading a part (:func:`check_saved`,
-:func:`read_split_group`, :func:`part_indices`) needs only the manifest and the split's group, so
-a store read through fsspec follows the same rules.
+On disk: see :mod:`mfdata.store.split_group`. A split is written under the store's lock,
+complete, then committed by the manifest, which lists it with its checksum: a directory in
+``splits/`` the manifest does not list is the leftover of an interrupted commit, never read, and
+replaced by the next split of that name.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
+import os
 
 import numpy as np
 import zarr
 
 from mfdata.errors import UsageError
+from mfdata.files import kill_point, remove
 from mfdata.linking import formula_key
-from mfdata.schema import DatasetManifest, SplitInfo
-from mfdata.store.manifest import StoreError, write_manifest
+from mfdata.schema import SplitInfo, check_name
+from mfdata.store.lock import store_lock
+from mfdata.store.manifest import StoreError, read_manifest, write_manifest
+from mfdata.store.split_group import (
+    SPLITS_DIR,
+    check_saved,
+    part_indices,
+    read_split_group,
+    split_checksum,
+)
 from mfdata.store.store import Store, atomic_directory
 
-SPLITS_DIR = "splits"  # STORE/splits/NAME: one Zarr group per saved split
 PART_NAMES = {2: ["train", "test"], 3: ["train", "val", "test"]}
 
 
@@ -81,6 +88,7 @@ def make_split(
 ) -> SplitInfo:
     """Compute and save a split in ``store``; an existing name, bad fractions or an empty part
     are errors and write nothing."""
+    check_name(name, "split name")
     fractions = [float(f) for f in fractions]
     if any(f <= 0 for f in fractions) or abs(sum(fractions) - 1) > 1e-6:
         raise UsageError(f"--fractions {fractions}: need positive fractions that sum to 1")
@@ -117,57 +125,35 @@ def make_split(
 
 
 def save_split(store: Store, info: SplitInfo, part: np.ndarray, subset_order: np.ndarray) -> None:
-    """Write a split (part index per structure, training-subset order) and list it in the
-    manifest; for splits made by other rules than :func:`make_split`."""
-    if info.name in store.manifest.splits:
-        raise StoreError(f"{store.path}: a split named {info.name!r} exists already")
-    (store.path / SPLITS_DIR).mkdir(exist_ok=True)
-    with atomic_directory(store.path / SPLITS_DIR / info.name) as tmp:
-        group = zarr.open_group(str(tmp), mode="w", zarr_format=3)
-        group.create_array("part", data=part.astype(np.int8))
-        group.create_array("subset_order", data=subset_order.astype(np.int64))
-        group.attrs["split"] = info.model_dump()
-    manifest = store.manifest.model_copy(update={"splits": [*store.manifest.splits, info.name]})
-    write_manifest(store.path, manifest)
-    store.manifest = manifest
-
-
-def check_saved(manifest: DatasetManifest, name: str, where: str | Path) -> None:
-    """Refuse a split name the store at ``where`` (a path or URL) has not saved."""
-    if name not in manifest.splits:
-        known = ", ".join(manifest.splits) or "none"
-        raise StoreError(f"{where}: no split named {name!r} (saved splits: {known})")
-
-
-def read_split_group(group: zarr.Group) -> tuple[SplitInfo, np.ndarray, np.ndarray]:
-    """A saved split from its Zarr group: its info, the part of each structure, and the
-    training-subset order."""
-    info = SplitInfo.model_validate(group.attrs["split"])
-    return info, group["part"][...], group["subset_order"][...]
-
-
-def part_indices(
-    info: SplitInfo,
-    parts: np.ndarray,
-    subset_order: np.ndarray,
-    part: str,
-    subset: int | None = None,
-) -> np.ndarray:
-    """Sorted structure indices of one part (or of a nested training subset of given size)."""
-    if part not in info.parts:
-        raise StoreError(f"split {info.name!r} has parts {', '.join(info.parts)}, not {part!r}")
-    if subset is not None:
-        if part != info.parts[0] or subset > len(subset_order):
-            raise StoreError(f"a subset of {subset} must come from the training part")
-        return np.sort(subset_order[:subset])
-    return np.flatnonzero(parts == info.parts.index(part))
+    """Write a split (part index per structure, training-subset order) and commit it in the
+    manifest, under the store's lock; for splits made by other rules than :func:`make_split`."""
+    part, subset_order = part.astype(np.int8), subset_order.astype(np.int64)
+    with store_lock(store.path):
+        manifest = read_manifest(store.path)  # inside the lock: what another writer committed
+        if info.name in manifest.splits:
+            raise StoreError(f"{store.path}: a split named {info.name!r} exists already")
+        target = store.path / SPLITS_DIR / info.name
+        if os.path.lexists(target):  # never committed (an interrupted split): never read
+            remove(target)
+        target.parent.mkdir(exist_ok=True)
+        with atomic_directory(target) as tmp:
+            group = zarr.open_group(str(tmp), mode="w", zarr_format=3)
+            group.create_array("part", data=part)
+            group.create_array("subset_order", data=subset_order)
+            group.attrs["split"] = info.model_dump()
+        kill_point("split:renamed")
+        checksum = split_checksum(info, part, subset_order)
+        checksums = {**manifest.split_checksums, info.name: checksum}
+        update = {"splits": [*manifest.splits, info.name], "split_checksums": checksums}
+        store.manifest = write_manifest(store.path, manifest.model_copy(update=update))
 
 
 def read_split(store: Store, name: str) -> tuple[SplitInfo, np.ndarray, np.ndarray]:
-    """A saved split: its info, the part of each structure, and the training-subset order."""
+    """A saved split (checked): its info, the part of each structure, the training-subset
+    order."""
     check_saved(store.manifest, name, store.path)
-    path = store.path / SPLITS_DIR / name
-    return read_split_group(zarr.open_group(str(path), mode="r", zarr_format=3))
+    group = zarr.open_group(str(store.path / SPLITS_DIR / name), mode="r", zarr_format=3)
+    return read_split_group(store.manifest, name, group, store.path)
 
 
 def split_indices(store: Store, name: str, part: str, subset: int | None = None) -> np.ndarray:

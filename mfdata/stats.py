@@ -14,7 +14,7 @@ which is the same least-squares problem as one row per structure, at a fraction 
 from __future__ import annotations
 
 import warnings
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,9 +24,16 @@ from ase.data import chemical_symbols
 
 from mfdata.records import Label, Structures
 from mfdata.schema import LevelAlignment, LevelStatistics, StoreStatistics
+from mfdata.store.lock import store_lock
 from mfdata.store.manifest import write_manifest
 from mfdata.store.store import Store
-from mfdata.store.zarr_store import ATOM_CHUNK
+from mfdata.store.zarr_store import (
+    ATOM_CHUNK,
+    StreamChecksum,
+    array_checksum,
+    check_checksums,
+    read_array,
+)
 
 # Structures per block when counting compositions: bounds the per-atom index array's memory.
 _BLOCK_STRUCTURES = 1 << 20
@@ -266,35 +273,64 @@ def compute_statistics(
 
 
 def store_statistics(store: Store) -> StoreStatistics:
-    """Statistics of a store, reading only atomic numbers, energies and (streamed) forces."""
+    """Statistics of a store, reading only atomic numbers, energies and (streamed) forces,
+    each checked against the manifest's checksums (one sha256 pass over the bytes read)."""
     root = zarr.open_group(store.zarr_path, mode="r", zarr_format=3)
-    numbers = root["atoms/numbers"][...]
-    n_atoms = root["structures/n_atoms"][...].astype(np.int64)
+    read = {n: read_array(root, n, store.path) for n in ("atoms/numbers", "structures/n_atoms")}
     energies: dict[str, Label] = {}
     forces: dict[str, tuple[float, int, int]] = {}
     labels = dict(root["labels"].groups()) if "labels" in root else {}
     for level, group in labels.items():
         kinds = dict(group.groups())
+        for kind in ("energy", "forces"):
+            if kind in kinds:
+                name = f"labels/{level}/{kind}/present"
+                read[name] = read_array(root, name, store.path)
         if "energy" in kinds:
-            energies[level] = Label(kinds["energy"]["values"][...], kinds["energy"]["present"][...])
+            name = f"labels/{level}/energy/values"
+            read[name] = read_array(root, name, store.path)
+    checksums = {name: array_checksum(array) for name, array in read.items()}
+    n_atoms = read["structures/n_atoms"].astype(np.int64)
+    check_checksums(store.path, store.manifest, checksums)
+    for level, group in labels.items():
+        kinds = dict(group.groups())
+        if "energy" in kinds:
+            energies[level] = Label(
+                read[f"labels/{level}/energy/values"], read[f"labels/{level}/energy/present"]
+            )
         if "forces" in kinds:
-            group = kinds["forces"]
-            forces[level] = _force_sums(group["values"], group["present"][...], n_atoms)
+            name, values = f"labels/{level}/forces/values", kinds["forces"]["values"]
+            if values.shape[0] != len(read["atoms/numbers"]):  # its checksum cannot match
+                check_checksums(store.path, store.manifest, {name: "wrong shape"})
+            digest = StreamChecksum(values.dtype, values.shape)
+            present = read[f"labels/{level}/forces/present"]
+            forces[level] = _force_sums(values, present, n_atoms, digest)
+            check_checksums(store.path, store.manifest, {name: digest.hexdigest()})
     atom_energies = {level: s.atom_energies for level, s in store.manifest.levels.items()}
-    return _statistics(numbers, n_atoms, store.levels, energies, forces, atom_energies)
+    return _statistics(
+        read["atoms/numbers"], n_atoms, store.levels, energies, forces, atom_energies
+    )
 
 
 def _force_sums(
-    values: np.ndarray | zarr.Array, present: np.ndarray, n_atoms: np.ndarray
+    values: np.ndarray | zarr.Array,
+    present: np.ndarray,
+    n_atoms: np.ndarray,
+    digest: StreamChecksum | None = None,
 ) -> tuple[float, int, int]:
     """Sum of squared force components over structures with forces, a block of atoms at a time
-    (``values`` may be a Zarr array: a block is read only when one of its atoms is wanted)."""
+    (``values`` may be a Zarr array: without a ``digest`` to feed every block, a block is read
+    only when one of its atoms is wanted)."""
     atoms = np.repeat(present, n_atoms)
     total, count = 0.0, 0
     for a0 in range(0, len(atoms), _FORCE_BLOCK_ATOMS):
         keep = atoms[a0 : a0 + _FORCE_BLOCK_ATOMS]
+        if digest is None and not keep.any():
+            continue
+        block = np.asarray(values[a0 : a0 + len(keep)])
+        if digest is not None:
+            digest.update(block)
         if keep.any():
-            block = np.asarray(values[a0 : a0 + len(keep)])
             f = (block if keep.all() else block[keep]).astype(np.float64, copy=False)
             total += float(np.einsum("ij,ij->", f, f))
             count += f.size
@@ -302,11 +338,29 @@ def _force_sums(
 
 
 def update_statistics(path: str | Path) -> StoreStatistics:
-    """Compute a store's statistics and save them in its manifest (atomically; checksum kept)."""
+    """Compute a store's statistics and save them in its manifest (atomically; checksum kept),
+    under the store's lock (the manifest is re-read inside it: no other writer's change is lost).
+    """
     stats = store_statistics(Store(path))
-    current = Store(path)  # re-read: another command may have changed the manifest meanwhile
-    write_manifest(current.path, current.manifest.model_copy(update={"statistics": stats}))
+    save_statistics(path, stats)
     return stats
+
+
+def save_statistics(
+    path: str | Path, stats: StoreStatistics, implausible_allowed: Sequence[str] = ()
+) -> None:
+    """Save ``stats`` in the store's manifest (atomically, under the store's lock; checksum
+    kept), adding the plausibility findings the user overrode to its provenance."""
+    with store_lock(Path(path)):
+        current = Store(path)  # re-read inside the lock: no other writer's change is lost
+        provenance = current.manifest.provenance
+        allowed = provenance.implausible_allowed
+        allowed = allowed + [m for m in implausible_allowed if m not in allowed]
+        update = {
+            "statistics": stats,
+            "provenance": provenance.model_copy(update={"implausible_allowed": allowed}),
+        }
+        write_manifest(current.path, current.manifest.model_copy(update=update))
 
 
 def format_statistics(stats: StoreStatistics) -> str:

@@ -117,3 +117,13 @@ def conversion_factor(unit: str, dimension: str) -> float:
             f"(canonical: {CANONICAL_UNITS[dimension]})"
         )
     return parsed.factor
+
+
+def same_unit(a: str, b: str) -> bool:
+    """Whether two unit strings name the same unit (``kcal/mol/Ang`` and ``kcal/mol/Å`` do);
+    strings mfkit cannot parse are the same only when they are written alike."""
+    try:
+        unit_a, unit_b = parse_unit(a), parse_unit(b)
+    except UnitError:
+        return _normalise(a) == _normalise(b)
+    return unit_a.dimension == unit_b.dimension and abs(unit_a.factor / unit_b.factor - 1) < 1e-9

@@ -27,8 +27,8 @@ app = typer.Typer(
 USER_ERRORS = (MfkitError, FileExistsError, FileNotFoundError, IsADirectoryError)
 # Optimiser steps per run and seed: the studies' default (the same for every model), and the
 # demo's, which finishes within 6 minutes on 2 cores (README, "Studies").
-STUDY_STEPS = 3000
-DEMO_STEPS = 1500
+STUDY_STEPS = 6000
+DEMO_STEPS = 3000
 
 
 @app.command()

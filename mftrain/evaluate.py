@@ -53,7 +53,7 @@ def predict(model, dataset, batch_size: int = 32) -> dict[str, np.ndarray]:
         dataset, batch_size=batch_size, shuffle=False, collate_fn=AtomicDataDict.batched_from_list
     )
     frames: dict[str, list] = {k: [] for k in ("head", "n_atoms", "e_true", "e_pred", "e_ok")}
-    atoms: dict[str, list] = {k: [] for k in ("head", "f_true", "f_pred", "f_ok")}
+    atoms: dict[str, list] = {k: [] for k in ("head", "type", "f_true", "f_pred", "f_ok")}
     for batch in loader:
         out = model(batch)
         head = batch[AtomicDataDict.DATASET_KEY].view(-1)
@@ -71,6 +71,7 @@ def predict(model, dataset, batch_size: int = 32) -> dict[str, np.ndarray]:
         f_true = batch[AtomicDataDict.FORCE_KEY]
         f_flag = batch.get("forces_present", torch.ones_like(head, dtype=torch.bool)).view(-1)
         atoms["head"].append(head[frame_of_atom].numpy())
+        atoms["type"].append(batch[AtomicDataDict.ATOM_TYPE_KEY].view(-1).numpy())
         atoms["f_true"].append(f_true.double().numpy())
         atoms["f_pred"].append(out[AtomicDataDict.FORCE_KEY].detach().double().numpy())
         f_ok = f_flag.bool()[frame_of_atom] & torch.isfinite(f_true).all(dim=-1)
@@ -94,6 +95,7 @@ def level_metrics(p: dict[str, np.ndarray], h: int) -> dict | None:
         per_atom = err / p["frame_n_atoms"][e]
         out["energy_mae_per_atom"] = float(np.mean(np.abs(per_atom)))
         out["energy_rmse_per_atom"] = float(np.sqrt(np.mean(per_atom**2)))
+        out["energy_mean_error_per_atom"] = float(np.mean(per_atom))
         out["energy_mae_per_structure"] = float(np.mean(np.abs(err)))
         out["energy_rmse_per_structure"] = float(np.sqrt(np.mean(err**2)))
     f = (p["atom_head"] == h) & p["atom_f_ok"]
@@ -105,7 +107,20 @@ def level_metrics(p: dict[str, np.ndarray], h: int) -> dict | None:
         out["n_force_components"] = int(err.size)
         out["forces_mae"] = float(np.mean(np.abs(err)))
         out["forces_rmse"] = float(np.sqrt(np.mean(err**2)))
+        out["forces_mean_error"] = float(np.mean(err))
     return out
+
+
+def _reference_per_frame(
+    p: dict[str, np.ndarray], shifts: dict[str, float], type_names: list[str]
+) -> np.ndarray:
+    """Each frame's sum of its atoms' reference energies (eV): what the parity plot removes, so
+    that its axes show what the model learns (a few eV/atom), not -468 eV/atom."""
+    per_type = np.array([shifts.get(name, 0.0) for name in type_names])
+    frame_of_atom = np.repeat(np.arange(len(p["frame_n_atoms"])), p["frame_n_atoms"])
+    return np.bincount(
+        frame_of_atom, weights=per_type[p["atom_type"]], minlength=len(p["frame_n_atoms"])
+    )
 
 
 def _ensure_packed(store, echo: Echo) -> None:
@@ -148,6 +163,7 @@ def evaluate(
     model = load_model(ckpt)
     p = predict(model, dataset, batch_size)
     metrics, parity = {}, {}
+    references = checkpoint.provenance.get("reference_energies") or {}
     for h, level in enumerate(levels):
         found = level_metrics(p, h)
         if found is None:
@@ -156,15 +172,25 @@ def evaluate(
         e = (p["frame_head"] == h) & p["frame_e_ok"]
         f = (p["atom_head"] == h) & p["atom_f_ok"]
         n_atoms = p["frame_n_atoms"][e]
+        reference = _reference_per_frame(p, references.get(level, {}), type_names)[e]
         parity[level] = {
-            "energy_per_atom": (p["frame_e_true"][e] / n_atoms, p["frame_e_pred"][e] / n_atoms),
+            "energy_per_atom": (
+                (p["frame_e_true"][e] - reference) / n_atoms,
+                (p["frame_e_pred"][e] - reference) / n_atoms,
+            ),
             "forces": (p["atom_f_true"][f].reshape(-1), p["atom_f_pred"][f].reshape(-1)),
         }
     return EvalResult(str(opened.path), split, levels, metrics, parity)
 
 
+# What each parity panel's title states, and how.
+STATISTICS = ("mae", "rmse", "mean_error")
+NAMES = ("MAE", "RMSE", "bias")
+
+
 def plot_parity(result: EvalResult, directory: str | Path) -> list[Path]:
-    """One PNG per head: predicted against reference energy per atom (and force components)."""
+    """One PNG per head: predicted against reference energy per atom, less the head's reference
+    energies (and force components), with MAE, RMSE and bias (mean error) in each title."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -185,13 +211,19 @@ def plot_parity(result: EvalResult, directory: str | Path) -> list[Path]:
             ax.plot([lo - pad, hi + pad], [lo - pad, hi + pad], color="0.6", lw=1)
             ax.scatter(true, pred, s=6, alpha=0.6)
             if kind == "energy_per_atom":
-                unit = "eV/atom"
-                mae = m.get("energy_mae_per_atom", float("nan"))
-                ax.set_title(f"energy per atom, MAE {mae * 1000:.2f} meV/atom")
+                what, unit, key = "(E - Σ reference energies) / atom", "eV/atom", "energy_"
+                errors = [m.get(f"energy_{s}_per_atom", float("nan")) for s in STATISTICS]
+                title = "energy per atom"
             else:
-                unit = "eV/Å"
-                ax.set_title(f"force components, MAE {m['forces_mae'] * 1000:.1f} meV/Å")
-            ax.set_xlabel(f"reference ({unit})")
+                what, unit, key = "force component", "eV/Å", "forces_"
+                errors = [m[f"forces_{s}"] for s in STATISTICS]
+                title = "force components"
+            shown_unit = "meV/atom" if key == "energy_" else "meV/Å"
+            numbers = ", ".join(
+                f"{name} {value * 1000:.2f}" for name, value in zip(NAMES, errors, strict=True)
+            )
+            ax.set_title(f"{title}\n{numbers} {shown_unit}", fontsize=9)
+            ax.set_xlabel(f"reference {what} ({unit})")
             ax.set_ylabel(f"predicted ({unit})")
             ax.set_aspect("equal", adjustable="datalim")
         fig.suptitle(
@@ -206,10 +238,11 @@ def plot_parity(result: EvalResult, directory: str | Path) -> list[Path]:
 
 
 def format_table(metrics: dict[str, dict]) -> str:
+    """Per-head errors; energies per atom and per structure in columns that say which."""
     lines = [
-        f"{'level':24s} {'n':>6s} {'E MAE':>10s} {'E RMSE':>10s} {'E MAE':>9s} "
+        f"{'level':24s} {'n':>6s} {'E MAE':>10s} {'E RMSE':>10s} {'E MAE':>11s} "
         f"{'F MAE':>9s} {'F RMSE':>9s}",
-        f"{'':24s} {'':>6s} {'meV/atom':>10s} {'meV/atom':>10s} {'meV':>9s} "
+        f"{'':24s} {'':>6s} {'meV/atom':>10s} {'meV/atom':>10s} {'meV/struct':>11s} "
         f"{'meV/Å':>9s} {'meV/Å':>9s}",
     ]
 
@@ -220,7 +253,7 @@ def format_table(metrics: dict[str, dict]) -> str:
         lines.append(
             f"{level:24s} {m['n']:6d} {show(m.get('energy_mae_per_atom')):>10s} "
             f"{show(m.get('energy_rmse_per_atom')):>10s} "
-            f"{show(m.get('energy_mae_per_structure')):>9s} {show(m.get('forces_mae')):>9s} "
+            f"{show(m.get('energy_mae_per_structure')):>11s} {show(m.get('forces_mae')):>9s} "
             f"{show(m.get('forces_rmse')):>9s}"
         )
     return "\n".join(lines)

@@ -23,6 +23,8 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import re
 import shlex
 import subprocess
 import sys
@@ -130,6 +132,7 @@ def prepare_stores(config: TrainConfig, echo: Echo, modify: bool = True) -> list
     (with ``modify=False``, refusing a store that lacks any of them)."""
     from mfdata.stats import StatisticsWarning, all_warnings, update_statistics
     from mfdata.store.lmdb_store import pack
+    from mfdata.store.lock import store_lock
 
     if not config.data.stores:
         raise ConfigError("no training data: give --data STORE (or data.stores in the config)")
@@ -141,18 +144,21 @@ def prepare_stores(config: TrainConfig, echo: Echo, modify: bool = True) -> list
         if not modify:
             require_prepared(store, config)
             continue
-        if store.manifest.lmdb is None:
-            echo(f"{store.path}: not packed for the loader; packing it (mfdata pack)")
-            pack(store.path)
-        missing = [lvl for lvl in store.levels if lvl not in store.manifest.statistics.levels]
-        if missing:
-            echo(f"{store.path}: computing per-level statistics for the heads (mfdata stats)")
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", StatisticsWarning)
-                stats = update_statistics(store.path)
-            for message in all_warnings(stats):
-                echo(f"  warning: {message}")
-        ensure_split(Store(store.path), config.data.split, config.seed, echo)
+        # one preparer at a time; the others wait, then find the store prepared
+        with store_lock(store.path):
+            store = Store(store.path)
+            if store.manifest.lmdb is None:
+                echo(f"{store.path}: not packed for the loader; packing it (mfdata pack)")
+                pack(store.path)
+            missing = [lvl for lvl in store.levels if lvl not in store.manifest.statistics.levels]
+            if missing:
+                echo(f"{store.path}: computing per-level statistics for the heads (mfdata stats)")
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", StatisticsWarning)
+                    stats = update_statistics(store.path)
+                for message in all_warnings(stats):
+                    echo(f"  warning: {message}")
+            ensure_split(Store(store.path), config.data.split, config.seed, echo)
     return [Store(path) for path in paths]
 
 
@@ -302,6 +308,22 @@ def _trainer(config: TrainConfig, out: Path) -> dict:
     return trainer
 
 
+RESUME_ENV = "MFTRAIN_RESUME_CKPT"  # the checkpoint nequip-train resumes from (run_nequip)
+_INTERPOLATION = re.compile(r"(\\*)\$\{")
+
+
+def literal(value: Any) -> Any:
+    """``value`` with every string escaped so that OmegaConf reads it as written: nequip's config
+    is an OmegaConf file, and a path with ``${...}`` in it must not open another path."""
+    if isinstance(value, str):
+        return _INTERPOLATION.sub(lambda m: m.group(1) * 2 + "\\${", value)
+    if isinstance(value, dict):
+        return {key: literal(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [literal(item) for item in value]
+    return value
+
+
 def build_nequip_config(
     config: TrainConfig,
     out: Path,
@@ -393,18 +415,20 @@ def build_nequip_config(
     scheduler = _scheduler(config)
     if scheduler is not None:
         training_module["lr_scheduler"] = scheduler
-    return {
-        "run": ["train"],
-        "seed": config.seed,
-        "data": data,
-        "trainer": _trainer(config, out),
-        "training_module": training_module,
-        "hydra": {
-            "run": {"dir": str(out)},
-            "output_subdir": ".hydra",
-            "job": {"chdir": False},
-        },
-    }
+    return literal(
+        {
+            "run": ["train"],
+            "seed": config.seed,
+            "data": data,
+            "trainer": _trainer(config, out),
+            "training_module": training_module,
+            "hydra": {
+                "run": {"dir": str(out)},
+                "output_subdir": ".hydra",
+                "job": {"chdir": False},
+            },
+        }
+    )
 
 
 def _check_model(model_config: dict) -> None:
@@ -604,8 +628,9 @@ def run_nequip(config_dir: Path, resume: Path | None, launch: Launch | None = No
     """
     launch = launch or Launch()
     args = ["-cp", str(config_dir.resolve()), "-cn", "config"]
-    if resume is not None:
-        args.append(f"++ckpt_path='{resume.resolve()}'")
+    if resume is not None:  # through the environment: a path is never parsed as an override
+        os.environ[RESUME_ENV] = str(resume.resolve())
+        args.append(f"++ckpt_path=${{oc.env:{RESUME_ENV}}}")
     if launch.rank:
         args += ["hydra.output_subdir=null", f"hydra.job.name=train_rank{launch.rank}"]
     if launch.world_size > 1 and launch.launcher is None:

@@ -119,7 +119,11 @@ def test_wheel_installs_and_runs_in_a_fresh_venv(tmp_path):
     env.pop("PYTHONPATH", None)
     where = subprocess.run(
         [venv / "bin" / "python", "-c", "import mfdata, mftrain; print(mfdata.__file__)"],
-        cwd=tmp_path, env=env, capture_output=True, text=True, check=True,
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
     )
     assert where.stdout.startswith(str(site)), where.stdout
     demo = subprocess.run(

@@ -289,12 +289,15 @@ def test_repack_needs_force(tmp_path, shared):
     assert proc.returncode == 2
     assert "already packed" in proc.stderr and "--force" in proc.stderr
     pack(store.path, shards=3, force=True)
-    assert len(Store(store.path).manifest.lmdb.shards) == 3
-    assert sorted(p.name for p in (store.path / "lmdb").iterdir()) == [
+    shards = Store(store.path).manifest.lmdb.shards
+    assert len(shards) == 3
+    (packing,) = (store.path / "lmdb").iterdir()  # the old packing is gone
+    assert sorted(p.name for p in packing.iterdir()) == [
         "shard-00000.lmdb",
         "shard-00001.lmdb",
         "shard-00002.lmdb",
     ]
+    assert [store.path / s for s in shards] == sorted(packing.iterdir())
     assert not list(store.path.glob(".lmdb*")), "no temporary directory is left behind"
     np.testing.assert_array_equal(LmdbStore(store.path).record(5)["positions"], before)
     assert Store(store.path).verify() == []
@@ -334,7 +337,7 @@ def test_verify_detects_a_tampered_shard(tmp_path, shared):
     pack(out, shards=3)
     pack(copy, shards=3)
 
-    shard = out / "lmdb" / "shard-00001.lmdb"
+    shard = out / Store(out).manifest.lmdb.shards[1]
     layout, records = _records(shard)
     key, value = records[0]
     assert key == index_key(layout["start"])
@@ -347,7 +350,7 @@ def test_verify_detects_a_tampered_shard(tmp_path, shared):
     # a shard edited together with its checksum still disagrees with the Zarr arrays
     from mfdata.store.lmdb_store import _Digest
 
-    shard = copy / "lmdb" / "shard-00001.lmdb"
+    shard = copy / Store(copy).manifest.lmdb.shards[1]
     _, records = _records(shard)
     records[0][1][-30] ^= 0x01
     digest = _Digest()

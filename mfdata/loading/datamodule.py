@@ -95,11 +95,13 @@ class FidelityDataModule(NequIPDataModule):
         stores = [str(s) for s in stores]
         if reader not in ("lmdb", "zarr"):
             raise UsageError(f"reader {reader!r}: expected 'lmdb' or 'zarr'")
+        # opened first: a store's manifest defines its levels, registered here or not
+        if reader == "zarr":
+            opened = [open_source(s, storage_options) for s in stores]
+        else:
+            opened = [open_store(s) for s in stores]
         if type_names is None:
-            if reader == "zarr":
-                type_names = default_type_names([open_source(s, storage_options) for s in stores])
-            else:
-                type_names = default_type_names([open_store(s) for s in stores])
+            type_names = default_type_names(opened)
         self.levels = [resolve_level(level).id for level in levels]
         self.type_names = list(type_names)
         self.reader = reader

@@ -2,7 +2,9 @@
 
 Guarantees: the frames of :class:`mfdata.loading.samples.FidelitySamples`, read by random access
 from the LMDB shards (fast shuffled reads); only packed local stores whose shards match their
-arrays are read. Safe to pass to DataLoader workers (each process opens its own shards).
+arrays are read, and each shard's records are checked against its checksum before the first is
+read (in the process that makes the dataset, so forked workers do not check again). Safe to pass
+to DataLoader workers (each process opens its own shards).
 """
 
 from __future__ import annotations
@@ -41,6 +43,8 @@ class FidelityDataset(FidelitySamples):
     ):
         opened = [open_store(s) for s in stores]
         self.readers = [LmdbStore(store.path) for store in opened]
+        for reader in self.readers:
+            reader.open()
         super().__init__(
             [LocalSource(s) for s in opened],
             levels,

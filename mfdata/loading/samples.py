@@ -23,7 +23,7 @@ from nequip.data.transforms import NeighborListTransform, NonPeriodicCellTransfo
 from mfdata.errors import UsageError
 from mfdata.levels import resolve_level
 from mfdata.loading.fields import LABEL_KEYS, PRESENT_FIELDS
-from mfdata.loading.sources import StoreSource, as_source, split_part, zarr_root
+from mfdata.loading.sources import StoreSource, as_source, split_part, verified_root
 from mfdata.query import load_selection, selected_indices
 from mfdata.store.manifest import StoreError
 from mfdata.store.store import Store
@@ -75,7 +75,10 @@ def _sample_arrays(
 ) -> tuple[np.ndarray, dict[int, np.ndarray]]:
     """Atom counts of every structure of the store, and per head which of ``chosen`` have any
     of ``labels`` at that level."""
-    root = zarr_root(source)
+    names = ["structures/n_atoms"] + [
+        f"labels/{level}/{kind}/present" for level in levels for kind in labels
+    ]
+    root = verified_root(source, names)
     out = {}
     for head, level in enumerate(levels):
         if level not in source.manifest.levels:

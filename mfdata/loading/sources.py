@@ -2,7 +2,9 @@
 
 Guarantees: a remote store's manifest is checked by ``mfdata.store.manifest.parse_manifest`` and
 its saved splits are read by ``mfdata.split``'s functions, exactly as a local store's; nothing
-here re-implements either. Every failure to find or read a store is a ``StoreError``.
+here re-implements either. Every failure to find or read a store is a ``StoreError``. Readers
+check every array they read against the manifest's checksums first (:func:`verified_root`),
+once per process and array.
 """
 
 from __future__ import annotations
@@ -18,7 +20,10 @@ from mfdata.schema import DatasetManifest
 from mfdata.split import SPLITS_DIR, check_saved, part_indices, read_split_group
 from mfdata.store.manifest import MANIFEST, StoreError, parse_manifest
 from mfdata.store.store import Store
-from mfdata.store.zarr_store import ZARR_DIR
+from mfdata.store.zarr_store import ZARR_DIR, check_checksums, zarr_checksum
+
+# (store, store checksum, array) whose values this process checked against the manifest
+_VERIFIED: set[tuple[str, str, str]] = set()
 
 
 class StoreSource(Protocol):
@@ -93,8 +98,23 @@ def zarr_root(source: StoreSource) -> zarr.Group:
     return source.open_group(ZARR_DIR)
 
 
+def verified_root(source: StoreSource, names: list[str]) -> zarr.Group:
+    """The store's Zarr group, once the arrays ``names`` it has are checked against the
+    manifest's checksums (a chunk at a time; once per process: forked workers inherit it)."""
+    root = zarr_root(source)
+    keys = {name: (str(source.path), source.manifest.checksum, name) for name in names}
+    todo = [name for name, key in keys.items() if key not in _VERIFIED and name in root]
+    try:
+        actual = {name: zarr_checksum(root[name]) for name in todo}
+    except Exception as exc:  # a damaged chunk surfaces as many exception types
+        raise StoreError(f"{source.path}: arrays are unreadable (corrupted): {exc}") from exc
+    check_checksums(source.path, source.manifest, actual)
+    _VERIFIED.update(keys[name] for name in todo)
+    return root
+
+
 def split_part(source: StoreSource, name: str, part: str, subset: int | None) -> np.ndarray:
     """Sorted structure indices of one part of a saved split (or a training subset)."""
     check_saved(source.manifest, name, source.path)
     group = source.open_group(f"{SPLITS_DIR}/{name}")
-    return part_indices(*read_split_group(group), part, subset)
+    return part_indices(*read_split_group(source.manifest, name, group, source.path), part, subset)

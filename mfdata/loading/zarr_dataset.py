@@ -40,7 +40,7 @@ from nequip.data import AtomicDataDict
 
 from mfdata.loading.fields import LABEL_KEYS
 from mfdata.loading.samples import FidelitySamples
-from mfdata.loading.sources import StoreSource, open_source, zarr_root
+from mfdata.loading.sources import StoreSource, open_source, verified_root, zarr_root
 from mfdata.schema import LABEL_KINDS
 from mfdata.store.zarr_store import is_per_atom
 
@@ -199,6 +199,7 @@ class ZarrFidelityDataset(FidelitySamples):
         self.chunk_reads: Counter = Counter()
         self._readers = []
         for k, source in enumerate(sources):
+            verified_root(source, paths)
             reader = _StoreReader(source, self.store_n_atoms[k], paths, k)
             reader.capacity = {p: span * cache_blocks + 1 for p, span in reader.span.items()}
             self._readers.append(reader)

@@ -30,10 +30,11 @@ from mfdata.readers._common import (
     parse_mapping,
 )
 from mfdata.readers.ani import ANI2X_LEVEL, read_ani2x_h5, read_ani_h5
-from mfdata.readers.ase_io import ase_mappings, read_ase
+from mfdata.readers.ase_io import ase_mappings, database_units, read_ase
 from mfdata.readers.sgdml import read_sgdml_npz
 from mfdata.readers.spice import SPICE_LEVEL, read_spice_h5
 from mfdata.records import InvalidDataError, Source, validate
+from mfdata.units import same_unit
 
 __all__ = [
     "FORMATS",
@@ -103,19 +104,39 @@ class AseReader:
     format: str | None
 
     def __call__(self, path: str, options: ReadOptions) -> Source:
+        file_units, length_unit = database_units(path) if self.format == "db" else ({}, None)
         return read_ase(
             path,
-            _ase_key_mappings(path, options),
+            _ase_key_mappings(path, options, _with_file_units(path, options.units, file_units)),
             format=self.format,
             pbc=options.pbc,
             isolated_atoms=options.isolated_atoms,
             all_isolated=options.all_isolated,
             group_key=options.group_key,
             id_key=options.id_key,
+            length_unit=length_unit,
         )
 
 
-def _ase_key_mappings(path: str, options: ReadOptions) -> list[KeyMapping]:
+def _with_file_units(
+    path: str, given: Mapping[str, str], stated: Mapping[str, str]
+) -> dict[str, str]:
+    """The units the file states (an ASE database's metadata) with the ones given; a given unit
+    that contradicts the file is refused, since one of the two is wrong and mfkit cannot tell
+    which."""
+    for key in sorted(set(given) & set(stated)):
+        if not same_unit(given[key], stated[key]):
+            raise UsageError(
+                f"{path}: the database's metadata (_property_unit_dict) says {key!r} is in "
+                f"{stated[key]}, but the units given (--units or the catalog) say "
+                f"{key}={given[key]}; drop the given unit, or fix the file's metadata"
+            )
+    return {**stated, **given}
+
+
+def _ase_key_mappings(
+    path: str, options: ReadOptions, units: Mapping[str, str]
+) -> list[KeyMapping]:
     """``--map`` keys plus, under ``--level``, ASE's standard keys not mapped otherwise.
 
     The implied standard keys may be absent; mapped keys may be absent only when the caller
@@ -125,7 +146,7 @@ def _ase_key_mappings(path: str, options: ReadOptions) -> list[KeyMapping]:
     implied: list[str] = []
     if options.level is not None:
         mapped = {key for key, _, _ in maps}
-        implied = [k for k in ("energy", "forces", "stress") if k not in mapped]
+        implied = [k for k in ("energy", "forces", "stress", "virial") if k not in mapped]
         maps += [(k, resolve_level(options.level).id, k) for k in implied]
     if not maps:
         raise UsageError(
@@ -133,7 +154,7 @@ def _ase_key_mappings(path: str, options: ReadOptions) -> list[KeyMapping]:
             "energy, forces and stress keys, or --map KEY=LEVEL:LABEL"
         )
     optional = [key for key, _, _ in maps] if options.maps_optional else implied
-    return ase_mappings(maps, options.units, path, optional=optional)
+    return ase_mappings(maps, dict(units), path, optional=optional)
 
 
 def _read_ani1x(path: str, options: ReadOptions) -> Source:
@@ -294,7 +315,7 @@ def read_source(
     """Read ``path`` with the reader of its format (given, or detected) and check it.
 
     ``level`` names the level of a single-level file (ASE formats: it takes ASE's standard keys
-    energy, forces and stress); ``maps`` are (key, level id, label) for any other key, with
+    energy, forces, stress and virial); ``maps`` are (key, level id, label) for any other key, with
     ``units`` by key. HDF5 releases need neither. A mapped key that no record has is an error,
     unless ``maps_optional`` (one of several files, where the caller checks the union).
     """

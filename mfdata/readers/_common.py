@@ -16,7 +16,7 @@ import numpy as np
 from mfdata.errors import UsageError
 from mfdata.levels import resolve_level
 from mfdata.records import InvalidDataError
-from mfdata.schema import LabelKind, label_kind
+from mfdata.schema import PER_VOLUME, LabelKind, label_kind
 from mfdata.units import conversion_factor
 
 
@@ -34,14 +34,29 @@ class KeyMapping:
     def kind(self) -> LabelKind:
         return label_kind(self.label)[0]
 
-    def convert(self, values: np.ndarray) -> np.ndarray:
-        """Values in the canonical unit of the label kind (gradients become forces)."""
+    @property
+    def per_volume(self) -> bool:
+        """True for a quantity per cell (a virial) that becomes its label divided by the volume."""
+        return self.label in PER_VOLUME
+
+    @property
+    def dimension(self) -> str:
+        """What the source unit measures: the label's dimension, or energy for a virial."""
+        return "energy" if self.per_volume else self.kind.dimension
+
+    def convert(self, values: np.ndarray, volume: np.ndarray | None = None) -> np.ndarray:
+        """Values in the canonical unit of the label kind (gradients become forces; a virial,
+        with the cell ``volume`` of each row in Å³, becomes the stress -virial / volume)."""
         kind, sign = label_kind(self.label)
-        factor = sign * conversion_factor(self.unit, kind.dimension)
+        factor = sign * conversion_factor(self.unit, self.dimension)
         values = np.asarray(values)
         keep = values.dtype.kind == "f" and kind.name != "energy"
         out = values.astype(values.dtype if keep else np.float64, copy=True)
         out *= factor
+        if self.per_volume:
+            if volume is None:
+                raise ValueError(f"{self.key}: a {self.label} needs the cell volume")
+            out /= np.asarray(volume).reshape(-1, *([1] * (out.ndim - 1)))
         return out
 
 

@@ -1,7 +1,9 @@
 """Anything ``ase.io`` reads (extxyz first of all), with the user's key mapping.
 
 ASE's standard keys carry ASE's units: ``energy`` and ``free_energy`` in eV, ``forces`` in eV/Å,
-``stress`` in eV/Å³. Any other key needs its unit stated; nothing is assumed.
+``stress`` in eV/Å³, ``virial`` in eV. Any other key needs its unit stated; nothing is assumed,
+except what the file itself states: an ASE database's metadata (SchNetPack's
+``_property_unit_dict`` and ``_distance_unit``) gives the units of its keys and positions.
 """
 
 from __future__ import annotations
@@ -21,7 +23,19 @@ from mfdata.readers._common import KeyMapping
 from mfdata.records import InvalidDataError, Label, Source, Structures, empty_structures
 from mfdata.units import UnitError, conversion_factor
 
-ASE_STANDARD_UNITS = {"energy": "eV", "free_energy": "eV", "forces": "eV/Å", "stress": "eV/Å^3"}
+ASE_STANDARD_UNITS = {
+    "energy": "eV",
+    "free_energy": "eV",
+    "forces": "eV/Å",
+    "stress": "eV/Å^3",
+    "virial": "eV",  # extxyz (libAtoms/GAP/ACE) convention: virial = -volume * stress
+}
+# Per-atom arrays that are geometry or calculator input, never labels: not worth a warning.
+NOT_LABELS = frozenset(
+    {"numbers", "positions", "momenta", "masses", "tags", "initial_magmoms", "initial_charges"}
+)
+# Info keys read as the spin multiplicity 2S+1: ``spin`` is OMol25's (fairchem's) name for it.
+MULTIPLICITY_KEYS = ("multiplicity", "spin_multiplicity", "spin")
 
 
 def ase_mappings(
@@ -44,9 +58,9 @@ def ase_mappings(
             )
         mapping = KeyMapping(key, level, label, unit, optional=key in optional)
         try:
-            conversion_factor(unit, mapping.kind.dimension)
+            conversion_factor(unit, mapping.dimension)
         except UnitError as exc:
-            raise UnitError(f"{path}: key {key!r} ({mapping.kind.name}): {exc}") from exc
+            raise UnitError(f"{path}: key {key!r} ({label}): {exc}") from exc
         out.append(mapping)
     return out
 
@@ -67,9 +81,32 @@ def _show(value: object) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
+def database_units(path: str) -> tuple[dict[str, str], str | None]:
+    """The units an ASE database states in its metadata, as SchNetPack writes them: unit by key
+    (``_property_unit_dict``) and the unit of positions and cells (``_distance_unit``; None: not
+    stated, so Å as ASE's)."""
+    try:
+        with ase.db.connect(path, serial=True) as db:
+            metadata = db.metadata
+    except Exception as exc:  # ase and sqlite raise many types for a damaged file
+        raise InvalidDataError(f"{path}: cannot be read as an ASE database: {exc}") from exc
+    units = metadata.get("_property_unit_dict") or {}
+    distance = metadata.get("_distance_unit")
+    if not isinstance(units, dict) or not isinstance(distance, str | None):
+        raise InvalidDataError(
+            f"{path}: metadata _property_unit_dict or _distance_unit is malformed: {metadata}"
+        )
+    return {str(k): str(v) for k, v in units.items() if v is not None}, distance
+
+
 def _integer(value: object, key: str) -> int:
-    """An integer-valued info entry (charge, multiplicity); 1.5, "x" or 10**6 is bad input."""
+    """An integer-valued info entry (charge, multiplicity); 1.5, "x" or 10**6 is bad input.
+
+    A one-element array counts as its value: SchNetPack stores scalars with shape (1,).
+    """
     number = np.asarray(value)
+    if number.shape == (1,):
+        number = number.reshape(())
     if number.ndim != 0 or number.dtype.kind not in "iuf":
         raise ValueError(f"{key} is {_show(value)}, not an integer")
     if not (np.isfinite(number) and number == np.round(number)):
@@ -90,6 +127,26 @@ def _total_charge(atoms: Atoms) -> int:
     if value is None or np.shape(value) == (len(atoms),):
         return 0
     return _integer(value, "charge")
+
+
+def _multiplicity(atoms: Atoms) -> int:
+    """The spin multiplicity from ``info`` (any of :data:`MULTIPLICITY_KEYS`), else 0 (not
+    stated); two keys that disagree are bad input, and so is a ``spin`` below 1 (2S+1 >= 1: a
+    0 there is S or 2S, another convention)."""
+    found = {
+        key: _integer(atoms.info[key], key)
+        for key in MULTIPLICITY_KEYS
+        if atoms.info.get(key) is not None
+    }
+    if len(set(found.values())) > 1:
+        stated = ", ".join(f"{k}={v}" for k, v in found.items())
+        raise ValueError(f"spin multiplicities disagree: {stated}")
+    if found.get("spin", 1) < 1:
+        raise ValueError(
+            f"spin is {found['spin']}, not a multiplicity 2S+1 (as OMol25's spin is); "
+            "store 2S+1 as spin_multiplicity"
+        )
+    return next(iter(found.values()), 0)
 
 
 def _as_label(value, mapping: KeyMapping, n_atoms: int) -> np.ndarray:
@@ -165,6 +222,7 @@ def read_ase(
     all_isolated: bool = False,
     group_key: str | None = None,
     id_key: str | None = None,
+    length_unit: str | None = None,
 ) -> Source:
     """Read every frame of ``path`` with ``ase.io``; ``mappings`` say which key is which label.
 
@@ -172,6 +230,7 @@ def read_ase(
     level's atom reference energies; ``all_isolated`` treats every frame so (a separate file).
     ``pbc`` overrides the periodicity of every frame; molecules (pbc all False) lose their box.
     ``id_key`` names the info key whose value identifies a structure across files (linking).
+    ``length_unit`` is the unit of positions and cells where the file states one (default Å).
     """
     frames: list[Atoms] = []
     iso: list[Atoms] = []
@@ -189,6 +248,8 @@ def read_ase(
     except Exception as exc:  # ase raises many types for malformed files
         raise _read_error(path, format, len(frames) + len(iso), exc) from exc
 
+    if length_unit is not None:
+        _scale_lengths(frames + iso, path, length_unit)
     atom_energies = _isolated_energies(path, iso, iso_record, mappings)
     structures = _frames_to_structures(path, frames, record, mappings, pbc, group_key)
     ids = None
@@ -205,7 +266,58 @@ def read_ase(
         atom_energies=atom_energies,
         ids=ids,
         describe=lambda i: f"record {record[i]}",
+        keys={(m.level, m.kind.name): m.key for m in mappings},
+        notes=_unmapped_labels(path, frames, mappings),
     )
+
+
+def _scale_lengths(frames: list[Atoms], path: str, unit: str) -> None:
+    """Positions and cells from ``unit`` to Å, in place."""
+    try:
+        factor = conversion_factor(unit, "length")
+    except UnitError as exc:
+        raise UnitError(f"{path}: distance unit: {exc}") from exc
+    if factor != 1.0:
+        for atoms in frames:
+            atoms.set_cell(atoms.cell.array * factor)
+            atoms.positions *= factor
+
+
+def _unmapped_labels(path: str, frames: list[Atoms], mappings: list[KeyMapping]) -> list[str]:
+    """A note naming the keys that look like labels (calculator results, per-atom real arrays,
+    3x3 or 6-value info entries such as a virial) which no mapping reads: dropped silently,
+    a force array or a virial is a label the user most likely wanted."""
+    mapped = {m.key for m in mappings}
+    found: dict[str, str] = {}
+    for atoms in frames:
+        candidates = dict(atoms.calc.results) if atoms.calc is not None else {}
+        candidates.update({k: v for k, v in atoms.arrays.items() if k not in NOT_LABELS})
+        candidates.update(atoms.info)
+        for key, value in candidates.items():
+            if key in mapped or key in found:
+                continue
+            shape = _label_shape(value, len(atoms), key in atoms.arrays)
+            if shape is not None:
+                found[key] = shape
+    if not found:
+        return []
+    keys = ", ".join(f"{key} ({shape})" for key, shape in sorted(found.items()))
+    return [
+        f"{path}: warning: keys that look like labels were not read: {keys}; read them with "
+        "--map KEY=LEVEL:LABEL (labels: energy, forces, gradient, stress, virial, dipole, charges)"
+    ]
+
+
+def _label_shape(value: object, n_atoms: int, per_atom: bool) -> str | None:
+    """How a value looks if it looks like a label (per-atom reals, 3x3 or 6 reals), else None."""
+    array = np.asarray(value)
+    if array.dtype.kind != "f":
+        return None
+    if per_atom or (array.shape[:1] == (n_atoms,) and array.ndim == 2):
+        return f"per-atom, shape {array.shape[1:] or '()'}"
+    if array.size in (6, 9) and array.ndim <= 2:
+        return f"per-structure, {array.size} values"
+    return None
 
 
 def _iter_db(path: str) -> Iterator[Atoms]:
@@ -296,7 +408,7 @@ def _frames_to_structures(
     for i, atoms in enumerate(frames):
         try:
             charge[i] = _total_charge(atoms)
-            multiplicity[i] = _integer(atoms.info.get("multiplicity", 0), "multiplicity")
+            multiplicity[i] = _multiplicity(atoms)
         except ValueError as exc:
             raise InvalidDataError(f"{path}: record {record[i]}: {exc}") from exc
     structures = Structures(
@@ -335,6 +447,31 @@ def _frames_to_structures(
             raise InvalidDataError(f"{path}: no record has the key {m.key!r} (mapped to {m.level})")
         key = (m.level, kind.name)
         if key in structures.labels:
-            raise InvalidDataError(f"{path}: two keys map to {m.level} {kind.name}")
-        structures.labels[key] = Label(m.convert(values), present)
+            other = next(o.key for o in mappings if (o.level, o.kind.name) == key)
+            raise InvalidDataError(
+                f"{path}: keys {other!r} and {m.key!r} both give {m.level} {kind.name}; "
+                "read one (--map KEY=LEVEL:LABEL) and not the other"
+            )
+        volume = _volumes(path, m, present, periodic, cell, record) if m.per_volume else None
+        structures.labels[key] = Label(m.convert(values, volume), present)
     return structures
+
+
+def _volumes(
+    path: str,
+    mapping: KeyMapping,
+    present: np.ndarray,
+    periodic: np.ndarray,
+    cell: np.ndarray,
+    record: list[int],
+) -> np.ndarray:
+    """Cell volumes (Å³) that turn a virial into a stress; a virial on a structure that is not
+    periodic in all three directions has no volume and is an error."""
+    bad = np.flatnonzero(present & ~periodic.all(axis=1))
+    if len(bad):
+        raise InvalidDataError(
+            f"{path}: record {record[bad[0]]}: {mapping.key!r} is a virial, but the structure is "
+            "not periodic in all three directions: without a cell volume it is no stress (a "
+            "molecule's virial is not a label mfkit stores); drop the key or set --pbc T"
+        )
+    return np.where(present, np.abs(np.linalg.det(cell)), 1.0)

@@ -136,4 +136,5 @@ def read_sgdml_npz(
             units[(level_id, "forces")] = force_unit
     except UnitError as exc:
         raise InvalidDataError(f"{path}: {exc}") from exc
-    return Source(path=path, reader="sgdml", structures=structures, source_units=units)
+    keys = {(level_id, "energy"): "E", (level_id, "forces"): "F"}
+    return Source(path=path, reader="sgdml", structures=structures, source_units=units, keys=keys)

@@ -5,11 +5,16 @@ can always be rebuilt. This docstring is the specification of the on-disk layout
 
 Files
 -----
-``STORE/lmdb/shard-00000.lmdb``, ``shard-00001.lmdb``, ...: plain LMDB data files (opened with
-``subdir=False``; written without a lock file). Shard ``k`` holds the structures
-``start_k <= i < stop_k``: contiguous ranges that tile ``0 .. n_structures`` in order. The
-manifest's ``lmdb`` entry lists the shard files, the layout version and the checksum of the store
-they were packed from; shards whose checksum differs from the store's are stale and not read.
+``STORE/lmdb/VERSION/shard-00000.lmdb``, ``shard-00001.lmdb``, ...: plain LMDB data files
+(opened with ``subdir=False``; written without a lock file), in a directory named by 8 random hex
+digits for each packing (stores packed before mfkit 1.1 have them directly in ``lmdb/``). Shard
+``k`` holds the structures ``start_k <= i < stop_k``: contiguous ranges that tile
+``0 .. n_structures`` in order. The manifest's ``lmdb`` entry lists the shard files, the layout
+version and the checksum of the store they were packed from; shards whose checksum differs from
+the store's are stale and not read. The manifest is the one commit point: a packing's directory
+is complete before the manifest names it, and anything in ``lmdb/`` the manifest does not name
+(an interrupted or replaced packing) is a leftover that the next pack or ``mfdata verify
+--repair`` removes.
 
 Keys
 ----
@@ -68,7 +73,10 @@ Reading
 -------
 :class:`LmdbStore` opens each shard once per process, read-only, without locks, and keeps one
 read transaction open; LMDB allows one open handle per file and process, so environments live in a
-module-level cache shared by every reader in the process and are reopened after a fork.
+module-level cache shared by every reader in the process and are reopened after a fork. Before
+its first record is read in a process, every shard's records are checked against the layout's
+checksum (one sequential pass; a shard checked once is not checked again by the process or the
+workers it forks), so a corrupted shard is refused, never trained on.
 """
 
 from __future__ import annotations
@@ -90,17 +98,13 @@ import lmdb
 import numpy as np
 
 from mfdata.errors import UsageError
+from mfdata.files import kill_point, remove
 from mfdata.progress import progress
 from mfdata.records import Label, Structures
 from mfdata.schema import LABEL_KINDS, DatasetManifest, LmdbInfo
+from mfdata.store.lock import store_lock
 from mfdata.store.manifest import StoreError, read_manifest, write_manifest
-from mfdata.store.zarr_store import (
-    ZARR_DIR,
-    array_checksum,
-    combined_checksum,
-    read_group,
-    structure_arrays,
-)
+from mfdata.store.zarr_store import ZARR_DIR, read_group
 
 if TYPE_CHECKING:
     import torch
@@ -467,37 +471,55 @@ class _ShardWriter:
 def pack(store_path: str | Path, shards: int | None = None, force: bool = False) -> LmdbInfo:
     """Write the LMDB shards of a store and record them in its manifest, atomically.
 
-    The shards are written in a hidden directory beside ``lmdb/`` and renamed into place when
-    all are complete; then the manifest is replaced. Existing shards are an error unless
-    ``force``, which replaces them only once the new ones are complete.
+    Holds the store's lock throughout. The shards are written in a hidden directory in
+    ``lmdb/``, renamed to their packing's directory when all are complete, and committed by the
+    manifest; then every other entry of ``lmdb/`` is removed. A store packed already is an error
+    unless ``force``; an interrupted pack (the manifest names no shards) needs no ``force``.
     """
     root = Path(store_path)
-    manifest = read_manifest(root)
-    target = root / LMDB_DIR
-    if (manifest.lmdb is not None or target.exists()) and not force:
-        raise FileExistsError(f"{target}: the store is already packed; use --force to re-pack it")
-    n = manifest.n_structures
-    if shards is None:
-        shards = max(1, math.ceil(n / DEFAULT_SHARD_SIZE))
-    if shards < 1 or (n and shards > n):
-        raise UsageError(f"--shards {shards}: expected 1 to {max(n, 1)} for {n} structures")
-    s, hashes = read_group(str(root / ZARR_DIR))
-    _check_arrays(root, manifest, s, hashes)
-    base = make_layout(s, manifest.checksum)
-    plan = _Plan(base, str(root))
-    bounds = _shard_bounds(n, shards)
+    with store_lock(root):
+        manifest = read_manifest(root)  # inside the lock: what another writer committed
+        if manifest.lmdb is not None and not force:
+            raise FileExistsError(
+                f"{root / LMDB_DIR}: the store is already packed; use --force to re-pack it"
+            )
+        n = manifest.n_structures
+        if shards is None:
+            shards = max(1, math.ceil(n / DEFAULT_SHARD_SIZE))
+        if shards < 1 or (n and shards > n):
+            raise UsageError(f"--shards {shards}: expected 1 to {max(n, 1)} for {n} structures")
+        s, _ = read_group(str(root / ZARR_DIR), manifest, root)
+        version = uuid.uuid4().hex[:8]
+        (root / LMDB_DIR).mkdir(exist_ok=True)
+        _write_shards(root / LMDB_DIR / version, s, make_layout(s, manifest.checksum), shards)
+        kill_point("pack:renamed")
+        info = LmdbInfo(
+            layout_version=LAYOUT_VERSION,
+            shards=[f"{LMDB_DIR}/{version}/{shard_name(k)}" for k in range(shards)],
+            checksum=manifest.checksum,
+        )
+        manifest = write_manifest(root, manifest.model_copy(update={"lmdb": info}))
+        kill_point("pack:committed")
+        for leftover in lmdb_leftovers(root, manifest):
+            remove(leftover)
+    return info
+
+
+def _write_shards(final: Path, s: Structures, base: dict[str, Any], shards: int) -> None:
+    """Write the shards in a hidden sibling of ``final`` and rename it to ``final`` when done."""
+    plan = _Plan(base, str(final))
+    bounds = _shard_bounds(s.n_structures, shards)
     work = [
         (k, lo, hi)
         for k in range(shards)
         for lo, hi in _batches(record_sizes(s, plan, bounds[k], bounds[k + 1]), bounds[k])
         or [(bounds[k], bounds[k])]  # an empty store still gets its (empty) shard
     ]
-    tmp = root / f".{LMDB_DIR}.partial-{uuid.uuid4().hex[:8]}"
+    tmp = final.parent / f".{final.name}.partial-{uuid.uuid4().hex[:8]}"
     tmp.mkdir()
-    old = None
     writer = None
     try:
-        for k, lo, hi in progress(work, f"packing {root}", " batches"):
+        for k, lo, hi in progress(work, f"packing {final.parent.parent}", " batches"):
             if writer is None or writer.layout["shard"] != k:
                 if writer is not None:
                     writer.close()
@@ -509,46 +531,21 @@ def pack(store_path: str | Path, shards: int | None = None, force: bool = False)
         if writer is not None:
             writer.close()
         writer = None
-        if target.exists():
-            old = root / f".{LMDB_DIR}.old-{uuid.uuid4().hex[:8]}"
-            os.rename(target, old)
-        os.rename(tmp, target)
+        os.rename(tmp, final)
     except BaseException:
         if writer is not None:
             writer.abort()
         shutil.rmtree(tmp, ignore_errors=True)
-        if old is not None and not target.exists():
-            os.rename(old, target)
         raise
-    info = LmdbInfo(
-        layout_version=LAYOUT_VERSION,
-        shards=[f"{LMDB_DIR}/{shard_name(k)}" for k in range(shards)],
-        checksum=manifest.checksum,
-    )
-    write_manifest(root, manifest.model_copy(update={"lmdb": info}))
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
-    return info
 
 
-def _check_arrays(root: Path, manifest: DatasetManifest, s: Structures, hashes: np.ndarray) -> None:
-    """Refuse to pack arrays whose checksums differ from the manifest's.
-
-    Every array the records are built from must be listed in the manifest and match it; other
-    checksummed arrays of the store (indexes, hashes) are not packed and not checked here.
-    """
-    arrays = structure_arrays(s, hashes)
-    expected = manifest.checksums
-    bad = [
-        name
-        for name, array in arrays.items()
-        if name != "structures/hash" and expected.get(name) != array_checksum(array)
-    ]
-    if bad or combined_checksum(expected) != manifest.checksum:
-        raise StoreError(
-            f"{root}: arrays do not match the manifest checksums "
-            f"({', '.join(bad) or 'combined checksum'}); run `mfdata verify`"
-        )
+def lmdb_leftovers(root: Path, manifest: DatasetManifest) -> list[Path]:
+    """Entries of ``root/lmdb`` the manifest does not name: interrupted or replaced packings."""
+    target = root / LMDB_DIR
+    if not target.is_dir():
+        return []
+    named = {Path(shard).parts[1] for shard in (manifest.lmdb.shards if manifest.lmdb else [])}
+    return sorted(p for p in target.iterdir() if p.name not in named)
 
 
 # --------------------------------------------------------------------------- reading
@@ -642,6 +639,11 @@ class LmdbStore:
         state.update(_pid=None, _txns=[], _torch_plans={})
         return state
 
+    def open(self) -> None:
+        """Open the shards in this process, checking each once (see the module's Reading)."""
+        if self._pid != os.getpid():
+            self._open()
+
     def _open(self) -> None:
         txns, starts, plan = [], [], None
         expected = 0
@@ -652,8 +654,12 @@ class LmdbStore:
                 plan = _Plan(layout, str(path))
             elif _shape_free(layout) != _shape_free(plan.layout):
                 raise StoreError(f"{path}: layout differs from the first shard's")
-            if layout["start"] != expected or layout["store_checksum"] != self.manifest.checksum:
+            if (
+                layout.get("start") != expected
+                or layout.get("store_checksum") != self.manifest.checksum
+            ):
                 raise StoreError(f"{path}: shard does not belong to {self.path}; re-pack it")
+            check_shard(path, txn, layout)
             expected = layout["stop"]
             txns.append(txn)
             starts.append(layout["start"])
@@ -666,8 +672,7 @@ class LmdbStore:
 
     @property
     def plan(self) -> _Plan:
-        if self._pid != os.getpid():
-            self._open()
+        self.open()
         assert self._plan is not None
         return self._plan
 
@@ -678,8 +683,7 @@ class LmdbStore:
 
     def raw(self, i: int) -> memoryview:
         """The record bytes of structure ``i``, valid as long as the process lives."""
-        if self._pid != os.getpid():
-            self._open()
+        self.open()
         i = int(i)
         if not 0 <= i < self.manifest.n_structures:
             raise IndexError(f"{self.path}: structure {i} out of range 0..{len(self) - 1}")
@@ -828,6 +832,54 @@ class LmdbStore:
 # --------------------------------------------------------------------------- verification
 
 
+def _check_records(path: Path, txn: lmdb.Transaction, layout: dict) -> tuple[str, list[str]]:
+    """The record checksum of a shard, and its problems: keys that are not its structure
+    indices, a checksum that differs from its layout's."""
+    start, stop = layout.get("start"), layout.get("stop")
+    digest = _Digest()
+    lengths = []
+    expected_key = start if isinstance(start, int) else 0
+    bad_keys = 0
+    with txn.cursor() as cursor:
+        for k, v in cursor:
+            if len(k) != 8:
+                continue
+            if int.from_bytes(k, "big") != expected_key:
+                bad_keys += 1
+            expected_key += 1
+            digest.update(v, [])
+            lengths.append(len(v))
+    digest.update(b"", np.asarray(lengths, dtype="<u8"))
+    actual = digest.hexdigest()
+    problems = []
+    if bad_keys or expected_key != stop:
+        problems.append(f"{path}: keys are not the structure indices {start}..{stop}")
+    recorded = (layout.get("checksum") or {}).get("value")
+    if actual != recorded:
+        problems.append(
+            f"{path}: record checksum mismatch (layout says {str(recorded)[:12]}, found "
+            f"{actual[:12]}); the shard is corrupted: run `mfdata pack --force`"
+        )
+    return actual, problems
+
+
+# shards whose records this process (or the one that forked it) checked: (realpath, inode,
+# size, mtime); a shard is rewritten only under a new name, so a match is the same bytes
+_CHECKED: set[tuple[str, int, int, int]] = set()
+
+
+def check_shard(path: Path, txn: lmdb.Transaction, layout: dict) -> None:
+    """Refuse a shard whose records do not match its layout's checksum; once per process."""
+    st = os.stat(path)
+    key = (os.path.realpath(path), st.st_ino, st.st_size, st.st_mtime_ns)
+    if key in _CHECKED:
+        return
+    _, problems = _check_records(path, txn, layout)
+    if problems:
+        raise StoreError(problems[0])
+    _CHECKED.add(key)
+
+
 def verify_shards(root: Path, manifest: DatasetManifest) -> list[str]:
     """Problems with a store's LMDB shards; empty when they are intact and match the Zarr group.
 
@@ -837,11 +889,6 @@ def verify_shards(root: Path, manifest: DatasetManifest) -> list[str]:
     info = manifest.lmdb
     target = root / LMDB_DIR
     if info is None:
-        if target.exists():
-            return [
-                f"{target}: shards present but not recorded in the manifest (interrupted "
-                "pack?); run `mfdata pack --force`"
-            ]
         return []
     problems = []
     if info.checksum != manifest.checksum:
@@ -865,30 +912,8 @@ def verify_shards(root: Path, manifest: DatasetManifest) -> list[str]:
         except StoreError as exc:
             problems.append(str(exc))
             continue
-        start, stop = layout.get("start"), layout.get("stop")
-        digest = _Digest()
-        lengths = []
-        expected_key = start
-        bad_keys = 0
-        with txn.cursor() as cursor:
-            for k, v in cursor:
-                if len(k) != 8:
-                    continue
-                if int.from_bytes(k, "big") != expected_key:
-                    bad_keys += 1
-                expected_key += 1
-                digest.update(v, [])
-                lengths.append(len(v))
-        digest.update(b"", np.asarray(lengths, dtype="<u8"))
-        actual = digest.hexdigest()
-        if bad_keys or expected_key != stop:
-            problems.append(f"{path}: keys are not the structure indices {start}..{stop - 1}")
-        if actual != layout.get("checksum", {}).get("value"):
-            problems.append(
-                f"{path}: record checksum mismatch (layout says "
-                f"{str(layout.get('checksum', {}).get('value'))[:12]}, found "
-                f"{actual[:12]})"
-            )
+        actual, shard_problems = _check_records(path, txn, layout)
+        problems += shard_problems
         if layout.get("store_checksum") != manifest.checksum:
             problems.append(
                 f"{path}: packed from another store (checksum "
@@ -905,7 +930,7 @@ def verify_shards(root: Path, manifest: DatasetManifest) -> list[str]:
         or any(a["stop"] != b["start"] for a, b in zip(layouts[:-1], layouts[1:], strict=False))
     ):
         return [f"{target}: shard ranges do not tile 0..{manifest.n_structures - 1}"]
-    s, _ = read_group(str(root / ZARR_DIR))
+    s, _ = read_group(str(root / ZARR_DIR), None)  # verified by the caller
     base = make_layout(s, manifest.checksum)
     if any(_shape_free(layout) != base for layout in layouts):
         return [f"{target}: shard layout does not describe the store's arrays; re-pack"]

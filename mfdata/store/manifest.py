@@ -1,8 +1,10 @@
 """A store's ``manifest.json``: reading, validating and writing it, wherever the store lives.
 
 Guarantees: a manifest is accepted only when it is a JSON object of a format version this mfkit
-understands that validates as :class:`~mfdata.schema.DatasetManifest`; anything else is a
-:class:`StoreError` (or a ``FormatVersionError``) naming the file, in one line. A local directory
+understands that validates as :class:`~mfdata.schema.DatasetManifest` and whose
+``manifest_checksum`` (when it has one: every manifest mfkit 1.1 writes) matches its other fields;
+anything else (deeply nested JSON included) is a :class:`StoreError` (or a ``FormatVersionError``)
+naming the file, in one line. A local directory
 whose name marks it as the unfinished output of an interrupted write is never a store, whatever
 it holds. A manifest is replaced atomically: readers see the old one or the new one.
 
@@ -12,6 +14,7 @@ same rules as a local one.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from pathlib import Path
@@ -20,7 +23,8 @@ from pydantic import ValidationError
 
 from mfdata.errors import MfkitError
 from mfdata.files import atomic_write_text
-from mfdata.schema import DatasetManifest, check_format_version
+from mfdata.levels import learn_levels
+from mfdata.schema import FORMAT_VERSION, DatasetManifest, check_format_version
 
 MANIFEST = "manifest.json"
 PARTIAL_MARK = ".partial-"  # in the name of a directory being written: never a store
@@ -36,18 +40,34 @@ def parse_manifest(raw: bytes | str, store: str | Path) -> DatasetManifest:
     where = f"{store}/{MANIFEST}"
     try:
         data = json.loads(raw)
-    except ValueError as exc:
-        raise StoreError(f"{where}: unreadable manifest: {exc}") from exc
+    except (ValueError, RecursionError) as exc:  # RecursionError: hostile nesting
+        raise StoreError(f"{where}: unreadable manifest: {type(exc).__name__}") from exc
     if not isinstance(data, dict):
         raise StoreError(f"{where}: invalid manifest: not a JSON object")
     check_format_version(str(data.get("format_version", "0")), store)
     try:
-        return DatasetManifest.model_validate(data)
+        manifest = DatasetManifest.model_validate(data)
     except ValidationError as exc:  # one line for the CLI: the first problem, and a count
         errors = exc.errors()
         loc = ".".join(map(str, errors[0]["loc"])) or "top level"
         more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
         raise StoreError(f"{where}: invalid manifest: {loc}: {errors[0]['msg']}{more}") from exc
+    recorded = manifest.manifest_checksum
+    if recorded is not None and recorded != manifest_digest(manifest):
+        raise StoreError(
+            f"{where}: manifest checksum mismatch: the file was changed outside mfkit or is "
+            "corrupted (its statistics, splits or counts cannot be trusted)"
+        )
+    # a store defines its own levels: they resolve wherever it is read, registered or not
+    learn_levels(s.definition for s in manifest.levels.values() if s.definition is not None)
+    return manifest
+
+
+def manifest_digest(manifest: DatasetManifest) -> str:
+    """sha256 of the canonical JSON of every field but ``manifest_checksum``."""
+    data = manifest.model_dump(mode="json", exclude={"manifest_checksum"})
+    text = json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def read_manifest(directory: Path) -> DatasetManifest:
@@ -67,6 +87,10 @@ def read_manifest(directory: Path) -> DatasetManifest:
     return parse_manifest(raw, directory)
 
 
-def write_manifest(directory: Path, manifest: DatasetManifest) -> None:
-    """Replace ``directory/manifest.json`` atomically."""
+def write_manifest(directory: Path, manifest: DatasetManifest) -> DatasetManifest:
+    """Replace ``directory/manifest.json`` atomically, in this mfkit's format version and with
+    its checksum; return what was written."""
+    manifest = manifest.model_copy(update={"format_version": FORMAT_VERSION})
+    manifest = manifest.model_copy(update={"manifest_checksum": manifest_digest(manifest)})
     atomic_write_text(directory / MANIFEST, manifest.model_dump_json(indent=2) + "\n")
+    return manifest

@@ -21,9 +21,9 @@ from pathlib import Path
 import numpy as np
 from ase.data import chemical_symbols
 
-from mfdata.files import file_sha256
+from mfdata.files import file_sha256, kill_point
 from mfdata.index import StructureIndex
-from mfdata.levels import registry
+from mfdata.levels import resolve_level
 from mfdata.linking import geometry_hash
 from mfdata.records import DEFAULT_GEOMETRY_TOLERANCE, InvalidDataError, Source, Structures
 from mfdata.schema import (
@@ -35,12 +35,14 @@ from mfdata.schema import (
     LevelSummary,
     Provenance,
 )
+from mfdata.store.lock import abandoned, claimed
 from mfdata.store.manifest import MANIFEST, PARTIAL_MARK, read_manifest, write_manifest
 from mfdata.store.verify import verify_store
 from mfdata.store.zarr_store import (
     ZARR_DIR,
     Precision,
     array_checksum,
+    check_shape,
     combined_checksum,
     read_group,
     write_group,
@@ -59,23 +61,32 @@ def atomic_directory(target: Path) -> Iterator[Path]:
     """A temporary directory beside ``target`` that becomes ``target`` when the block succeeds.
 
     The temporary name is hidden and marked ``.partial-``: a conversion killed before the rename
-    (SIGKILL, power loss) leaves only that, and :class:`Store` refuses it.
+    (SIGKILL, power loss) leaves only that, and :class:`Store` refuses it. The writer holds a lock
+    on it (:func:`~mfdata.store.lock.claimed`), so the next write to ``target`` removes what a
+    killed writer left, and never what a live one is writing.
     """
     if os.path.lexists(target):
         raise FileExistsError(f"{target}: already exists; choose another output path")
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.parent / f".{target.name}{PARTIAL_MARK}{uuid.uuid4().hex[:8]}"
+    prefix = f".{target.name}{PARTIAL_MARK}"
+    for old in target.parent.iterdir():
+        if old.name.startswith(prefix) and abandoned(old):
+            shutil.rmtree(old, ignore_errors=True)
+    tmp = target.parent / f"{prefix}{uuid.uuid4().hex[:8]}"
     tmp.mkdir()
     try:
-        yield tmp
-        try:
-            os.rename(tmp, target)
-        except OSError as exc:
-            if os.path.lexists(target):  # appeared while we wrote: never merge into it
-                raise FileExistsError(
-                    f"{target}: was created by someone else during the conversion; nothing written"
-                ) from exc
-            raise
+        with claimed(tmp):
+            yield tmp
+            kill_point("directory:written")
+            try:
+                os.rename(tmp, target)
+            except OSError as exc:
+                if os.path.lexists(target):  # appeared while we wrote: never merge into it
+                    raise FileExistsError(
+                        f"{target}: was created by someone else during the conversion; nothing "
+                        "written"
+                    ) from exc
+                raise
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -83,7 +94,6 @@ def atomic_directory(target: Path) -> Iterator[Path]:
 
 def _level_summaries(s: Structures, sources: list[Source]) -> dict[str, LevelSummary]:
     levels: dict[str, LevelSummary] = {}
-    known = registry()
     for level, kind in sorted(s.labels):
         units = sorted(
             {
@@ -93,7 +103,7 @@ def _level_summaries(s: Structures, sources: list[Source]) -> dict[str, LevelSum
                 if key in src.source_units
             }
         )
-        summary = levels.setdefault(level, LevelSummary(name=known[level].name, labels={}))
+        summary = levels.setdefault(level, _level_summary(level))
         summary.labels[kind] = LabelSummary(
             count=int(s.labels[(level, kind)].present.sum()),
             unit=LABEL_KINDS[kind].unit,
@@ -101,7 +111,7 @@ def _level_summaries(s: Structures, sources: list[Source]) -> dict[str, LevelSum
         )
     for src in sources:
         for level, energies in src.atom_energies.items():
-            summary = levels.setdefault(level, LevelSummary(name=known[level].name, labels={}))
+            summary = levels.setdefault(level, _level_summary(level))
             for symbol, energy in energies.items():
                 old = summary.atom_energies.setdefault(symbol, energy)
                 if not np.isclose(old, energy, rtol=0, atol=1e-6):
@@ -110,6 +120,12 @@ def _level_summaries(s: Structures, sources: list[Source]) -> dict[str, LevelSum
                         f"but another source gives {old} eV"
                     )
     return levels
+
+
+def _level_summary(level: str) -> LevelSummary:
+    """An empty summary of ``level`` carrying its full definition: the store describes itself."""
+    definition = resolve_level(level)
+    return LevelSummary(name=definition.name, labels={}, definition=definition)
 
 
 def write_store(
@@ -125,10 +141,12 @@ def write_store(
     citation: str | None = None,
     description: str | None = None,
     labelling: list[LabellingRun] = (),
+    implausible_allowed: list[str] = (),
 ) -> DatasetManifest:
     """Write ``structures`` as a new store at ``out`` (which must not exist), atomically.
 
-    ``labelling`` records the ``mfdata label`` runs that computed the labels (kept by merges).
+    ``labelling`` records the ``mfdata label`` runs that computed the labels (kept by merges);
+    ``implausible_allowed`` the plausibility findings the user overrode.
     """
     out = Path(out)
     inputs = [
@@ -165,6 +183,7 @@ def write_store(
                 link_by=link_by,
                 geometry_tolerance=tolerance,
                 labelling=list(labelling),
+                implausible_allowed=list(implausible_allowed),
             ),
         )
         write_manifest(tmp, manifest)
@@ -198,6 +217,7 @@ class Store:
     def __init__(self, path: str | Path):
         self.path = Path(path)
         self.manifest = read_manifest(self.path)
+        check_shape(self.zarr_path, self.manifest, self.path)
 
     @property
     def zarr_path(self) -> str:
@@ -208,8 +228,9 @@ class Store:
         return list(self.manifest.levels)
 
     def read(self) -> tuple[Structures, np.ndarray]:
-        """All structures with their labels, and their geometry hashes."""
-        return read_group(self.zarr_path)
+        """All structures with their labels, and their geometry hashes, checked against the
+        manifest's checksums (a corrupted store is refused, never read)."""
+        return read_group(self.zarr_path, self.manifest, self.path)
 
     def verify(self) -> list[str]:
         """Problems found by recomputing every checksum; empty when the store is intact."""

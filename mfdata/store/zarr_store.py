@@ -30,12 +30,15 @@ import zarr
 from numcodecs import BitRound
 from zarr.codecs import BloscCodec
 
+from mfdata.errors import MfkitError
 from mfdata.records import Label, Structures
-from mfdata.schema import LABEL_KINDS
+from mfdata.schema import LABEL_KINDS, DatasetManifest
 
 ZARR_DIR = "data.zarr"  # the group's directory inside a store
 STRUCTURE_CHUNK = 1 << 16
 ATOM_CHUNK = 1 << 18
+
+STRUCTURE_FIELDS = ("n_atoms", "cell", "pbc", "charge", "multiplicity", "group", "source", "hash")
 
 Precision = Literal["lossless", "compact"]
 # With ``compact``, per-atom float labels (forces, charges) keep this many mantissa bits:
@@ -55,14 +58,80 @@ def _compressor(dtype: np.dtype) -> BloscCodec:
     return BloscCodec(cname="zstd", clevel=5, shuffle="shuffle")
 
 
-def array_checksum(array: np.ndarray) -> str:
-    """sha256 of an array's values in C order, little-endian, with its dtype and shape."""
+class CorruptArrayError(MfkitError, ValueError):
+    """An array whose values do not match the checksum its store's manifest records."""
+
+
+def _little(array: np.ndarray) -> np.ndarray:
     array = np.ascontiguousarray(array)
     if array.dtype.byteorder == ">":
         array = array.astype(array.dtype.newbyteorder("<"))
-    digest = hashlib.sha256(f"{array.dtype.str}{array.shape}".encode())
-    digest.update(memoryview(array).cast("B"))
+    return array
+
+
+class StreamChecksum:
+    """:func:`array_checksum` of an array given as consecutive blocks of rows."""
+
+    def __init__(self, dtype: np.dtype, shape: tuple[int, ...]):
+        text = f"{np.dtype(dtype).newbyteorder('<').str}{tuple(shape)}"
+        self._sha = hashlib.sha256(text.encode())
+
+    def update(self, block: np.ndarray) -> None:
+        self._sha.update(memoryview(_little(block)).cast("B"))
+
+    def hexdigest(self) -> str:
+        return self._sha.hexdigest()
+
+
+def array_checksum(array: np.ndarray) -> str:
+    """sha256 of an array's values in C order, little-endian, with its dtype and shape."""
+    digest = StreamChecksum(array.dtype, array.shape)
+    digest.update(array)
     return digest.hexdigest()
+
+
+def zarr_checksum(array: zarr.Array) -> str:
+    """:func:`array_checksum` of a Zarr array, read one chunk of rows at a time (bounded memory)."""
+    digest = StreamChecksum(array.dtype, array.shape)
+    if array.ndim == 0:
+        digest.update(np.asarray(array[...]))
+        return digest.hexdigest()
+    rows = max(1, int(array.chunks[0]))
+    for start in range(0, int(array.shape[0]), rows):
+        digest.update(np.asarray(array[start : start + rows]))
+    return digest.hexdigest()
+
+
+def check_checksums(where: object, manifest: DatasetManifest, actual: dict[str, str]) -> None:
+    """Refuse arrays (name -> recomputed checksum) that differ from the manifest's record.
+
+    Every reader of array values calls this (once per command) before it uses them, so a
+    corrupted store never reaches an export, a merged store, statistics or training.
+    """
+    bad = [name for name, value in actual.items() if manifest.checksums.get(name) != value]
+    if combined_checksum(manifest.checksums) != manifest.checksum:
+        bad.append("(the manifest's combined checksum)")
+    if bad:
+        raise CorruptArrayError(
+            f"{where}: array(s) {', '.join(bad)} do not match the checksum in the manifest "
+            f"(corrupted data); run `mfdata verify {where}`"
+        )
+
+
+def check_shape(path: str, manifest: DatasetManifest, where: object) -> None:
+    """Refuse a manifest whose counts disagree with the group's array shapes (metadata only):
+    sizes that code allocates from are checked before anything is allocated."""
+    try:
+        root = zarr.open_group(path, mode="r", zarr_format=3)
+        n_structures = root["structures/n_atoms"].shape[0]
+        n_atoms = root["atoms/numbers"].shape[0]
+    except Exception as exc:  # a missing or damaged group: many exception types
+        raise CorruptArrayError(f"{where}: cannot read the Zarr group: {exc}") from exc
+    if (manifest.n_structures, manifest.n_atoms) != (n_structures, n_atoms):
+        raise CorruptArrayError(
+            f"{where}: the manifest says {manifest.n_structures} structures and "
+            f"{manifest.n_atoms} atoms, the arrays hold {n_structures} and {n_atoms}"
+        )
 
 
 def combined_checksum(checksums: dict[str, str]) -> str:
@@ -132,32 +201,52 @@ def write_group(
     return checksums
 
 
-def read_group(path: str) -> tuple[Structures, np.ndarray]:
-    """All structures and labels of the group at ``path``, and their geometry hashes."""
+def read_group(
+    path: str, manifest: DatasetManifest | None, where: object = None
+) -> tuple[Structures, np.ndarray]:
+    """All structures and labels of the group at ``path``, and their geometry hashes.
+
+    With a ``manifest``, every array read is checked against its checksum first (one sha256
+    pass over the bytes read: see :func:`check_checksums`); ``None`` only where the caller has
+    just verified them.
+    """
     root = zarr.open_group(path, mode="r", zarr_format=3)
-    group = root["structures/group"]
+    names = [
+        "atoms/numbers",
+        "atoms/positions",
+        *(f"structures/{n}" for n in STRUCTURE_FIELDS),
+        *(
+            f"labels/{level}/{kind}/{part}"
+            for level, level_group in (root["labels"].groups() if "labels" in root else ())
+            for kind, _ in level_group.groups()
+            for part in ("values", "present")
+        ),
+    ]
+    a = {name: read_array(root, name, where or path) for name in names}
+    if manifest is not None:
+        check_checksums(where or path, manifest, {n: array_checksum(v) for n, v in a.items()})
     s = Structures(
-        numbers=root["atoms/numbers"][...],
-        positions=root["atoms/positions"][...],
-        n_atoms=root["structures/n_atoms"][...],
-        cell=root["structures/cell"][...],
-        pbc=root["structures/pbc"][...],
-        charge=root["structures/charge"][...],
-        multiplicity=root["structures/multiplicity"][...],
-        group=group[...],
-        group_names=list(group.attrs["names"]),
-        source=root["structures/source"][...],
+        numbers=a["atoms/numbers"],
+        positions=a["atoms/positions"],
+        **{n: a[f"structures/{n}"] for n in STRUCTURE_FIELDS if n != "hash"},
+        group_names=list(root["structures/group"].attrs["names"]),
     )
-    if "labels" in root:
-        for level, level_group in root["labels"].groups():
-            for kind, label_group in level_group.groups():
-                s.labels[(level, kind)] = Label(
-                    label_group["values"][...], label_group["present"][...]
-                )
-    return s, root["structures/hash"][...]
+    for name in names:
+        if name.startswith("labels/") and name.endswith("/values"):
+            _, level, kind, _ = name.split("/")
+            s.labels[(level, kind)] = Label(a[name], a[name.replace("/values", "/present")])
+    return s, a["structures/hash"]
+
+
+def read_array(root: zarr.Group, name: str, where: object) -> np.ndarray:
+    """The values of the array ``name``; a missing or undecodable chunk is a one-line error."""
+    try:
+        return root[name][...]
+    except Exception as exc:  # a damaged chunk surfaces as many exception types
+        raise CorruptArrayError(f"{where}: array {name} is unreadable (corrupted): {exc}") from exc
 
 
 def read_checksums(path: str, paths: list[str]) -> dict[str, str]:
     """Recompute the checksums of the arrays at ``paths`` from what is on disk."""
     root = zarr.open_group(path, mode="r", zarr_format=3)
-    return {name: array_checksum(root[name][...]) for name in paths}
+    return {name: zarr_checksum(root[name]) for name in paths}

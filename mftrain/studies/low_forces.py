@@ -342,7 +342,7 @@ class LowForces(Recipe[LowForcesArgs]):
             },
             "multi_fidelity_settings": MULTI_FIDELITY,
             "finetune_settings": FINETUNE,
-            "study_defaults": study_defaults(self.args.config),
+            "study_defaults": study_defaults(self.args.config, self.args.budget()),
             "selected": {
                 str(s.seed): {
                     "train": {str(n): s.draw.train(n).tolist() for n in self.sizes},

@@ -96,7 +96,7 @@ class MultiheadVsFinetune(Recipe[MultiheadVsFinetuneArgs]):
         study = {
             "levels": self.levels,
             "pretrain_level": self.pretrain,
-            "study_defaults": study_defaults(self.args.config),
+            "study_defaults": study_defaults(self.args.config, self.args.budget()),
         }
         return Results(entries, study)
 

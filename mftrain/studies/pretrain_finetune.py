@@ -133,7 +133,7 @@ class PretrainFinetune(Recipe[PretrainFinetuneArgs]):
         study = {
             "pretrain": pretrain,
             "variants": self.variants,
-            "study_defaults": study_defaults(self.args.config),
+            "study_defaults": study_defaults(self.args.config, self.args.budget()),
         }
         return Results(entries, study)
 
