@@ -32,9 +32,10 @@ MODELS = [
 KEYS = [*MODELS, "low_level_as_prediction"]
 
 
-def methanol_store(root: Path, n: int = 40, n_high: int = 26) -> Path:
+def methanol_store(root: Path, n: int = 40, n_high: int = 26, name: str = "methanol") -> Path:
     """``n`` rattled methanol geometries with GFN1-xTB energies and forces, the first ``n_high``
-    also with GFN2-xTB energies and forces (tblite), converted by ``mfdata convert``."""
+    also with GFN2-xTB energies and forces (tblite), converted by ``mfdata convert`` and
+    registered as ``name`` (unique per test module: the registry outlives a module)."""
     from ase.build import molecule
     from ase.io import write
     from tblite.ase import TBLite
@@ -60,7 +61,7 @@ def methanol_store(root: Path, n: int = 40, n_high: int = 26) -> Path:
     for key, level in (("1", LOW), ("2", HIGH)):
         maps += ["--map", f"E{key}={level}:energy", "--units", f"E{key}=eV"]
         maps += ["--map", f"F{key}={level}:forces", "--units", f"F{key}=eV/Å"]
-    run_cli("convert", root / "methanol.xyz", *maps, "--out", store)
+    run_cli("convert", root / "methanol.xyz", *maps, "--out", store, "--name", name)
     return store
 
 

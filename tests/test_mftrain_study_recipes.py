@@ -18,7 +18,8 @@ from tests.test_mftrain_study import HIGH, LOW, methanol_store, tiny_base_config
 def tiny(tmp_path_factory) -> dict:
     """The tiny two-level store and base config every recipe test uses."""
     root = tmp_path_factory.mktemp("tiny")
-    return {"store": methanol_store(root), "config": tiny_base_config(root / "base.yaml")}
+    store = methanol_store(root, name="methanol-recipes")
+    return {"store": store, "config": tiny_base_config(root / "base.yaml")}
 
 
 def common_args(tiny: dict, out: Path) -> list:
