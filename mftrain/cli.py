@@ -167,6 +167,7 @@ def study_low_forces(
     budget_minutes: options.BudgetMinutes = None,
     config: options.Config = None,
     md: options.MD = True,
+    md_steps: options.MDSteps = 400,
     jobs: options.Jobs = None,
     json_out: Annotated[
         Path | None, typer.Option("--json-out", help="Also write the JSON of numbers here.")
@@ -190,6 +191,7 @@ def study_low_forces(
         high=high,
         n_high=options.size_list(n_high, "--n-high"),
         md=md,
+        md_steps=md_steps,
     )
     _run_study(LowForces, args, json_out)
 

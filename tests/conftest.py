@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
 import pytest
 from hypothesis import settings
+
+from tests.cli_process import run_command
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 
@@ -48,14 +49,18 @@ def shared() -> Path:
     return SHARED
 
 
-def run_cli(*args: str, check: bool = True, cwd: Path | None = None) -> subprocess.CompletedProcess:
-    """Run ``mfdata`` in a subprocess, as a user would."""
-    proc = subprocess.run(
-        [sys.executable, "-m", "mfdata.cli", *map(str, args)],
-        capture_output=True,
-        text=True,
-        cwd=cwd,
-    )
+def run_cli(*args, check: bool = True, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    """Run ``mfdata`` in a process of its own, as a user would (:mod:`tests.cli_process`)."""
+    return _checked("mfdata", run_command("mfdata.cli", list(args), cwd), check)
+
+
+def run_mftrain(*args, check: bool = True, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    """Run ``mftrain`` in a process of its own, as a user would (:mod:`tests.cli_process`)."""
+    return _checked("mftrain", run_command("mftrain.cli", list(args), cwd), check)
+
+
+def _checked(name: str, proc: subprocess.CompletedProcess, check: bool):
     if check and proc.returncode != 0:
-        raise AssertionError(f"mfdata {' '.join(map(str, args))} failed:\n{proc.stderr}")
+        shown = " ".join(proc.args[3:])
+        raise AssertionError(f"{name} {shown} failed ({proc.returncode}):\n{proc.stderr[-4000:]}")
     return proc

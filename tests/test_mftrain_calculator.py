@@ -18,8 +18,8 @@ from mfdata.loading.samples import frame_transforms
 from mftrain.calculator import MultiFidelityCalculator
 from mftrain.evaluate import load_model
 from mftrain.export import export_head
+from tests.conftest import run_mftrain
 from tests.test_mftrain_export import molecules
-from tests.test_mftrain_fit import run_mftrain
 from tests.test_mftrain_variants import (
     LEVELS,
     R_MAX,

@@ -17,7 +17,7 @@ from mftrain.config import (
     with_overrides,
 )
 from mftrain.strategies import plan
-from tests.test_mftrain_fit import run_mftrain
+from tests.conftest import run_mftrain
 
 AVAILABLE = ["wb97x-631gd", "ccsdt-star-cbs", "pbe-d3-def2svp"]
 

@@ -17,8 +17,8 @@ import yaml
 
 from mfdata.store.store import Store
 from mftrain.training_module import batches_digest, state_digest
-from tests.conftest import run_cli
-from tests.test_mftrain_fit import run_mftrain, tiny_config
+from tests.conftest import run_cli, run_mftrain
+from tests.test_mftrain_fit import tiny_config
 
 WORLD = 2
 LEVELS = ["wb97x-631gd", "ccsdt-star-cbs", "pbe-d3-def2svp"]

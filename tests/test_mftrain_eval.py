@@ -16,8 +16,8 @@ from nequip.data.transforms import (
 )
 
 from mfdata.store.store import Store
-from tests.conftest import run_cli
-from tests.test_mftrain_fit import run_mftrain, train_two_heads
+from tests.conftest import run_cli, run_mftrain
+from tests.test_mftrain_fit import train_two_heads
 
 HEADS = ["wb97x-631gd", "ccsdt-star-cbs"]
 

@@ -12,7 +12,8 @@ from nequip.data.transforms import ChemicalSpeciesToAtomTypeMapper
 
 from mfdata.loading.samples import frame_transforms
 from mfdata.store.store import Store
-from tests.test_mftrain_fit import run_mftrain, train_two_heads
+from tests.conftest import run_mftrain
+from tests.test_mftrain_fit import train_two_heads
 
 HEADS = ["wb97x-631gd", "ccsdt-star-cbs"]
 TYPES = ["H", "C", "N", "O"]

@@ -16,8 +16,8 @@ import yaml
 
 from mftrain.config import ConfigError, load_config, validate_config
 from mftrain.finetune_plan import finetuning_plan, read_source
-from tests.conftest import run_cli
-from tests.test_mftrain_fit import run_mftrain, tiny_config
+from tests.conftest import run_cli, run_mftrain
+from tests.test_mftrain_fit import tiny_config
 
 WB97X, CCSDT = "wb97x-631gd", "ccsdt-star-cbs"
 HEADS = ".energy_heads.heads."

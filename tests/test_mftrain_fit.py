@@ -16,22 +16,9 @@ import torch
 import yaml
 
 from mfdata.store.store import Store
-from tests.conftest import run_cli
+from tests.conftest import run_cli, run_mftrain
 
 LEVELS = ["wb97x-631gd", "ccsdt-star-cbs", "pbe-d3-def2svp"]
-
-
-def run_mftrain(*args, check: bool = True, cwd: Path | None = None):
-    """Run ``mftrain`` in a subprocess, as a user would."""
-    proc = subprocess.run(
-        [sys.executable, "-m", "mftrain.cli", *map(str, args)],
-        capture_output=True,
-        text=True,
-        cwd=cwd,
-    )
-    if check and proc.returncode != 0:
-        raise AssertionError(f"mftrain {' '.join(map(str, args))} failed:\n{proc.stderr[-4000:]}")
-    return proc
 
 
 def tiny_config(path: Path, stores: list[str], **sections) -> Path:

@@ -18,8 +18,7 @@ import yaml
 from mfdata.errors import MfkitError, UsageError
 from mfdata.split import split_indices
 from mfdata.store.store import Store
-from tests.conftest import run_cli
-from tests.test_mftrain_fit import run_mftrain
+from tests.conftest import run_cli, run_mftrain
 
 LOW, HIGH = "gfn1-xtb", "gfn2-xtb"
 MODELS = [
@@ -95,6 +94,8 @@ def study_args(store: Path, config: Path, out: Path) -> list:
         1,
         "--steps",
         16,
+        "--md-steps",
+        60,
         "--config",
         config,
         "--out",
@@ -143,7 +144,8 @@ def test_study_writes_json_report_and_table(study):
     assert steps == {16}, "equal optimiser steps; a two-stage model's stages share them"
     for key in ("multi_fidelity", "energy_only"):
         check = numbers[key]["md_check"]
-        assert check["fragments_start"] == 1 and check["nve_steps"] > 0
+        assert check["fragments_start"] == 1
+        assert (check["langevin_steps"], check["nve_steps"]) == (30, 60), "--md-steps 60"
     report = (out / "report.md").read_text()
     for figure in ("force_mae", "parity", "learning_curves", "md", "by_n_high"):
         assert f"figures/{figure}.png" in report
@@ -215,9 +217,16 @@ def test_low_level_as_prediction_is_the_stores_low_forces(study):
 
 @pytest.mark.slow
 def test_rerun_reuses_runs_and_refuses_other_arguments(study):
+    first = json.loads((study["out"] / "results.json").read_text())
+    md = study["out"] / first["energy_forces"]["per_seed"][0]["run"] / "md-check.json"
+    written = md.stat().st_mtime_ns
     again = run_mftrain(*study_args(study["store"], study["config"], study["out"]))
     assert "writing study store" not in again.stdout and "runs of" in again.stdout
-    first = json.loads((study["out"] / "results.json").read_text())
+    assert md.stat().st_mtime_ns == written, "the MD check is reused"
+    assert (
+        json.loads((study["out"] / "results.json").read_text())["energy_forces"]
+        == (first["energy_forces"])
+    )
     assert first["multi_fidelity"]["per_seed"][0]["steps"] > 0
     args = study_args(study["store"], study["config"], study["out"])
     args[args.index("--n-high") + 1] = "4,9"
@@ -447,6 +456,7 @@ STUDY_OPTIONS = {
         "budget_minutes": None,
         "config": None,
         "md": True,
+        "md_steps": 400,
         "jobs": None,
         "json_out": None,
         "out": Path("study-low-forces-high-energies"),

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_mftrain_fit import run_mftrain
+from tests.conftest import run_mftrain
 from tests.test_mftrain_study import HIGH, LOW, methanol_store, tiny_base_config
 
 

@@ -22,8 +22,8 @@ from mfdata.store.store import Store
 from mftrain.config import ConfigError, validate_config
 from mftrain.model import MultiHeadNequIPModel
 from mftrain.strategies import plan
-from tests.conftest import run_cli
-from tests.test_mftrain_fit import column, metrics, run_mftrain, tiny_config
+from tests.conftest import run_cli, run_mftrain
+from tests.test_mftrain_fit import column, metrics, tiny_config
 
 LEVELS = ["wb97x-631gd", "ccsdt-star-cbs"]
 TYPES = ["H", "C", "N", "O"]

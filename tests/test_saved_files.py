@@ -12,8 +12,7 @@ import yaml
 from hydra.utils import get_object
 
 from mftrain.checkpoint import read_checkpoint
-from tests.conftest import run_cli
-from tests.test_mftrain_fit import run_mftrain
+from tests.conftest import run_cli, run_mftrain
 
 SAVED = Path(__file__).parent / "data" / "saved-by-d2d779a"
 HEADS = ["wb97x-631gd", "ccsdt-star-cbs"]

@@ -32,7 +32,7 @@ the report says so. Every trained model's high head goes through the MD check
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -42,12 +42,13 @@ import torch
 from ase import Atoms
 
 from mfdata.errors import UsageError
+from mfdata.files import atomic_write_text
 from mfdata.progress import Echo
 from mfdata.records import Structures
 from mfdata.stats import composition, fit_per_element
 from mfdata.store.store import Store, mfkit_version
 from mftrain.export import export_head
-from mftrain.studies.args import Budget, StudyArgs, each_at_least
+from mftrain.studies.args import Budget, StudyArgs, at_least, each_at_least
 from mftrain.studies.configs import study_defaults
 from mftrain.studies.data import SPLIT, StudyData, require_level
 from mftrain.studies.md import MDCheck, md_check
@@ -71,6 +72,7 @@ from mftrain.studies.tables import (
 BASELINE = "low_level_as_prediction"
 BY_N = "by_n_high"  # results.json: every N's entries; the top level holds the largest N's
 SCORE_FILE = "score.json"  # each trained run's record, in its directory
+MD_FILE = "md-check.json"  # each MD-checked run's check, in its directory
 # A multi-fidelity model's low head is "clearly better" than the low-vs-high force gap (the
 # baseline's force MAE) when its own force error is below this share of it; else it cannot
 # resolve the correction it is meant to learn, and the report warns.
@@ -131,12 +133,13 @@ FINETUNE = {"steps_share": 1 / 3, "replay": 0.2}
 
 @dataclass(kw_only=True)
 class LowForcesArgs(StudyArgs):
-    RULES: ClassVar = StudyArgs.RULES | {"n_high": each_at_least(1)}
+    RULES: ClassVar = StudyArgs.RULES | {"n_high": each_at_least(1), "md_steps": at_least(1)}
 
     low: str  # the cheap level: energies and forces
     high: str  # the expensive level: energies (forces only score)
     n_high: list[int]  # high-level energies used in training (several: a learning curve)
     md: bool  # run the MD check on the exported heads
+    md_steps: int = 400  # its NVE steps, after half as many Langevin steps
 
 
 def model_settings(model: Model, low: str, high: str, budget: Budget) -> dict[str, Any]:
@@ -363,7 +366,9 @@ class LowForces(Recipe[LowForcesArgs]):
         }
 
     def _md_checks(self, data: StudyData, runs: list[Scored], echo: Echo) -> dict[str, MDCheck]:
-        """The MD check of every run's high head, from the first test structure."""
+        """The MD check of every run's high head, from the first test structure; a run keeps its
+        check in ``RUN/md-check.json``, so a study repeated in its directory (same plan, same
+        runs) does not run it again."""
         s, _ = Store(data.test).read()
         first = Atoms(numbers=s.numbers[: s.n_atoms[0]], positions=s.positions[: s.n_atoms[0]])
         found = {}
@@ -371,7 +376,15 @@ class LowForces(Recipe[LowForcesArgs]):
             package = run.job.run / f"{self.high}.nequip.zip"
             if not package.exists():
                 export_head(run.checkpoint, self.high, package)
-            check = md_check(package, first, seed=run.job.seed)
+            saved = run.job.run / MD_FILE
+            if saved.is_file():
+                check = MDCheck(**json.loads(saved.read_text(encoding="utf-8")))
+            else:
+                steps = self.args.md_steps
+                check = md_check(
+                    package, first, langevin_steps=steps // 2, nve_steps=steps, seed=run.job.seed
+                )
+                atomic_write_text(saved, json.dumps(asdict(check)) + "\n")
             found[run.job.name] = check
             failure = check.failure or "atoms flew apart"
             state = "stable" if check.stable else f"UNSTABLE ({failure})"

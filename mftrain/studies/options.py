@@ -41,6 +41,9 @@ Config = Annotated[
     typer.Option(help="Base mftrain config every run shares (default: the study's)."),
 ]
 MD = Annotated[bool, typer.Option(help="Run the MD check on the exported heads.")]
+MDSteps = Annotated[
+    int, typer.Option(help="NVE steps of the MD check (0.5 fs), after half as many Langevin steps.")
+]
 Jobs = Annotated[int | None, typer.Option(help="Runs at a time (default: one per CPU core).")]
 Out = Annotated[Path, typer.Option(help="Study directory.")]
 
