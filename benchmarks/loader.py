@@ -128,8 +128,8 @@ def mfkit_loader(dataset, batch_size: int, workers: int, blocks: bool = False, p
     )
 
 
-def build_nequip_lmdb(store: Path, path: Path) -> float:
-    """The store's structures at one level as nequip ``from_ase`` frames in NequIPLMDBDataset."""
+def build_nequip_lmdb(store: Path, path: Path, level: str = LEVEL) -> float:
+    """The store's structures at ``level`` as nequip ``from_ase`` frames in NequIPLMDBDataset."""
     from ase import Atoms
     from ase.calculators.singlepoint import SinglePointCalculator
     from nequip.data import from_ase
@@ -145,8 +145,8 @@ def build_nequip_lmdb(store: Path, path: Path) -> float:
             atoms = Atoms(numbers=r["numbers"], positions=r["positions"], pbc=False)
             atoms.calc = SinglePointCalculator(
                 atoms,
-                energy=float(r[f"{LEVEL}/energy"]),
-                forces=np.array(r[f"{LEVEL}/forces"], dtype=np.float64),
+                energy=float(r[f"{level}/energy"]),
+                forces=np.array(r[f"{level}/forces"], dtype=np.float64),
             )
             yield from_ase(atoms)
 
