@@ -137,23 +137,25 @@ def for_nequip(batches: list[dict]) -> list[dict]:
 def architecture(type_names: list[str], avg_num_neighbors: float, dtype: str) -> dict:
     """mftrain's default model as builder arguments (both builders take them)."""
     from mftrain.config import ModelConfig
+    from mftrain.train import backbone_arguments
 
-    m = ModelConfig()
     return {
         "seed": 0,
         "model_dtype": dtype,
         "type_names": type_names,
-        "r_max": m.r_max,
-        "num_layers": m.num_layers,
-        "l_max": m.l_max,
-        "parity": m.parity,
-        "num_features": m.num_features,
-        "radial_mlp_depth": m.radial_mlp_depth,
-        "radial_mlp_width": m.radial_mlp_width,
-        "num_bessels": m.num_bessels,
-        "polynomial_cutoff_p": m.polynomial_cutoff_p,
+        **backbone_arguments(ModelConfig()),
         "avg_num_neighbors": avg_num_neighbors,
     }
+
+
+def training_module(module_class, model: dict, loss: dict):
+    """A training module of ``module_class`` (nequip's or mfkit's) with Adam and no validation."""
+    return module_class(
+        model=model,
+        num_datasets={"train": 1, "val": 0, "test": 0},
+        optimizer={"_target_": "torch.optim.Adam", "lr": LR},
+        loss=loss,
+    )
 
 
 def nequip_module(arch: dict, shifts: dict, scales: dict):
@@ -167,12 +169,7 @@ def nequip_module(arch: dict, shifts: dict, scales: dict):
         "per_type_energy_scales": scales,
     }
     loss = {"_target_": "nequip.train.EnergyForceLoss", "per_atom_energy": True}
-    return NequIPLightningModule(
-        model=model,
-        num_datasets={"train": 1, "val": 0, "test": 0},
-        optimizer={"_target_": "torch.optim.Adam", "lr": LR},
-        loss=loss,
-    )
+    return training_module(NequIPLightningModule, model, loss)
 
 
 def mfkit_module(arch: dict, shifts: dict, scales: dict, heads: int, variant: str):
@@ -193,12 +190,7 @@ def mfkit_module(arch: dict, shifts: dict, scales: dict, heads: int, variant: st
     if variant == "fidelity_embedding":
         model["level_embedding_features"] = 4
     loss = {"_target_": "mftrain.loss.MultiFidelityLoss", "levels": levels}
-    return MultiFidelityLightningModule(
-        model=model,
-        num_datasets={"train": 1, "val": 0, "test": 0},
-        optimizer={"_target_": "torch.optim.Adam", "lr": LR},
-        loss=loss,
-    )
+    return training_module(MultiFidelityLightningModule, model, loss)
 
 
 # --------------------------------------------------------------------------- timing

@@ -43,7 +43,7 @@ from mfdata.registry import open_store
 from mfdata.store.manifest import StoreError
 from mfdata.store.store import Store
 from mftrain.checkpoint import MONITOR, read_checkpoint
-from mftrain.config import ConfigError, TrainConfig, TrainerConfig
+from mftrain.config import ConfigError, ModelConfig, TrainConfig, TrainerConfig
 from mftrain.heads import HeadInit, delta_initialisation, head_initialisation
 from mftrain.loss import weight_table
 from mftrain.plan import Plan
@@ -324,6 +324,24 @@ def literal(value: Any) -> Any:
     return value
 
 
+def backbone_arguments(m: ModelConfig) -> dict[str, Any]:
+    """The architecture of ``m`` as nequip model-builder arguments (``NequIPGNNModel`` and
+    ``MultiHeadNequIPModel`` both take them)."""
+    return {
+        "r_max": m.r_max,
+        "num_layers": m.num_layers,
+        "l_max": m.l_max,
+        "parity": m.parity,
+        "num_features": m.num_features,
+        "radial_mlp_depth": m.radial_mlp_depth,
+        "radial_mlp_width": m.radial_mlp_width,
+        "num_bessels": m.num_bessels,
+        "polynomial_cutoff_p": m.polynomial_cutoff_p,
+        "readout_mlp_hidden_layers_depth": m.readout_mlp_hidden_layers_depth,
+        "readout_mlp_hidden_layers_width": m.readout_mlp_hidden_layers_width,
+    }
+
+
 def build_nequip_config(
     config: TrainConfig,
     out: Path,
@@ -362,18 +380,8 @@ def build_nequip_config(
         "seed": config.seed,
         "model_dtype": t.precision,
         "type_names": type_names,
-        "r_max": m.r_max,
         "levels": levels,
-        "num_layers": m.num_layers,
-        "l_max": m.l_max,
-        "parity": m.parity,
-        "num_features": m.num_features,
-        "radial_mlp_depth": m.radial_mlp_depth,
-        "radial_mlp_width": m.radial_mlp_width,
-        "num_bessels": m.num_bessels,
-        "polynomial_cutoff_p": m.polynomial_cutoff_p,
-        "readout_mlp_hidden_layers_depth": m.readout_mlp_hidden_layers_depth,
-        "readout_mlp_hidden_layers_width": m.readout_mlp_hidden_layers_width,
+        **backbone_arguments(m),
         "avg_num_neighbors": avg_num_neighbors,
         "per_level_energy_shifts": init.shifts,
         "per_level_energy_scales": init.scales,
