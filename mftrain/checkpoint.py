@@ -39,6 +39,7 @@ class Checkpoint:
     strategy: str | None
     global_step: int
     best_val_loss: float | None  # the best MONITOR value Lightning recorded, if any
+    last_validation: dict[str, Any] | None  # step and val0_epoch/* metrics (ValidationReport)
     model: dict[str, Any] = field(repr=False)  # the model builder's arguments (hyperparameters)
     provenance: dict[str, Any] = field(repr=False)  # mfkit's provenance (the ``mfkit`` key)
     nequip_config: dict[str, Any] = field(repr=False)  # nequip's run config (``info_dict``)
@@ -49,6 +50,18 @@ class Checkpoint:
             f"{level} ({self.bases[level]} + Δ)" if level in self.bases else level
             for level in self.levels
         )
+
+    def level_definition(self, level: str) -> dict[str, Any] | None:
+        """Head ``level``'s level definition as the run stored it; for a checkpoint written
+        before runs stored them, this machine's registry's (said in its notes); else None."""
+        stored = self.provenance.get("level_definitions") or {}
+        if level in stored:
+            return stored[level]
+        try:
+            found = resolve_level(level).model_dump(mode="json")
+        except UnknownLevelError:
+            return None
+        return {**found, "notes": "(from this machine's level registry, not from the run)"}
 
     def head(self, name: str) -> str:
         """The level id of head ``name`` (an id or an alias); an error naming the heads if none."""
@@ -69,6 +82,13 @@ def _best_score(callbacks: dict) -> float | None:
     for key, state in callbacks.items():
         if key.startswith("ModelCheckpoint") and MONITOR in key and state.get("best_model_score"):
             return float(state["best_model_score"])
+    return None
+
+
+def _last_validation(callbacks: dict) -> dict[str, Any] | None:
+    for key, state in callbacks.items():
+        if key.startswith("ValidationReport") and state.get("latest"):
+            return dict(state["latest"])
     return None
 
 
@@ -102,6 +122,7 @@ def read_checkpoint(path: str | Path) -> Checkpoint:
         strategy=provenance.get("strategy"),
         global_step=int(ckpt.get("global_step", 0)),
         best_val_loss=_best_score(ckpt.get("callbacks", {})),
+        last_validation=_last_validation(ckpt.get("callbacks", {})),
         model=dict(model),
         provenance=dict(provenance),
         nequip_config=dict(hparams.get("info_dict") or {}),

@@ -51,12 +51,27 @@ def fit(
         str | None, typer.Option(help="Heads in order, e.g. wb97x-631gd,ccsdt-star-cbs.")
     ] = None,
     max_steps: Annotated[int | None, typer.Option(help="Training steps.")] = None,
+    max_time: Annotated[
+        float | None,
+        typer.Option(help="Wall-clock budget in minutes; training ends at steps or time, first."),
+    ] = None,
+    split: Annotated[
+        str | None, typer.Option(help="The store's split to train and validate on (default).")
+    ] = None,
+    val_every: Annotated[
+        int | None,
+        typer.Option(help="Validate every N steps (default: after every epoch and at the end)."),
+    ] = None,
+    batch_size: Annotated[int | None, typer.Option(help="Structures per batch.")] = None,
+    lr: Annotated[float | None, typer.Option(help="Learning rate.")] = None,
+    seed: Annotated[int | None, typer.Option(help="Seed of the model, split and sampler.")] = None,
     out: Annotated[
         Path | None, typer.Option(help="Output directory (default mftrain-run).")
     ] = None,
 ) -> None:
-    """Train a model: writes DIR/last.ckpt, DIR/best.ckpt and the resolved configs; rerun to
-    resume an interrupted run from DIR/last.ckpt. Flags override the config. Checkpoints are
+    """Train a model: writes DIR/last.ckpt, DIR/best.ckpt, DIR/learning_curve.png and the
+    resolved configs, and validates at least once (at the end); rerun to resume an interrupted
+    run from DIR/last.ckpt. Flags override the config. Checkpoints are
     pickles (loading one runs code in it): resume only from a DIR you trust."""
     from mftrain.config import load_config, with_overrides
 
@@ -67,8 +82,17 @@ def fit(
         overrides["strategy"] = strategy
     if levels is not None:
         overrides["data.levels"] = [lvl.strip() for lvl in levels.split(",") if lvl.strip()]
-    if max_steps is not None:
-        overrides["trainer.max_steps"] = max_steps
+    for key, value in (
+        ("trainer.max_steps", max_steps),
+        ("trainer.max_time_minutes", max_time),
+        ("data.split", split),
+        ("trainer.val_every_n_steps", val_every),
+        ("data.batch_size", batch_size),
+        ("optimizer.lr", lr),
+        ("seed", seed),
+    ):
+        if value is not None:
+            overrides[key] = value
     if out is not None:
         overrides["out"] = str(out)
     settings = with_overrides(load_config(config), overrides)  # a bad config fails here, fast
@@ -124,6 +148,21 @@ def export(
 
     written = export_head(ckpt, head, out)
     typer.echo(f"wrote {written}: head {head} of {ckpt}")
+
+
+@app.command()
+def show(
+    path: Annotated[Path, typer.Argument(help="A checkpoint, or a package mftrain exported.")],
+    json_out: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+) -> None:
+    """What a model says about itself: heads with their level definitions and reference
+    energies, strategy, training data (store checksums, split), steps and validation metrics.
+    A checkpoint is a pickle (reading it runs code in it): trusted files only; a package's
+    description is read from its YAML metadata without loading the model."""
+    from mftrain.show import describe, format_description
+
+    description = describe(path)
+    typer.echo(json.dumps(description, indent=2) if json_out else format_description(description))
 
 
 @app.command()

@@ -12,17 +12,44 @@ Only the eager model is packaged (no AOTInductor compile); ``nequip-compile`` ca
 frame from the checkpoint's data module, which it builds with nequip's data-module arguments. The
 example frame here is a small synthetic cluster of the model's atom types.
 
+The package metadata (``model/package_metadata.txt``, YAML) carries, under ``mfkit``, the head's
+level definition, reference energies, strategy and training data (``mftrain show`` reads it
+without loading the model).
+
 Checkpoints and packages are pickle-based: load only trusted files.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from mfdata.errors import UsageError
-from mftrain.checkpoint import read_checkpoint
+from mfdata.files import file_sha256
+from mftrain.checkpoint import Checkpoint, read_checkpoint
 
 SUFFIX = ".nequip.zip"
+PACKAGE_KEY = "mfkit"  # mfkit's part of the package metadata (plain YAML, read without unpickling)
+
+
+def head_description(checkpoint: Checkpoint, level: str) -> dict[str, Any]:
+    """What an exported head says about itself: its level's definition, reference energies and
+    scale, the strategy, the training data and the checkpoint it came from."""
+    p = checkpoint.provenance
+    return {
+        "level": level,
+        "level_definition": checkpoint.level_definition(level),
+        "base_level": checkpoint.bases.get(level),
+        "reference_energies_eV": (p.get("reference_energies") or {}).get(level),
+        "energy_scale": (p.get("energy_scales") or {}).get(level),
+        "strategy": checkpoint.strategy,
+        "stores": p.get("stores"),
+        "split": {k: v for k, v in (p.get("split") or {}).items() if k != "per_store"},
+        "steps": checkpoint.global_step,
+        "checkpoint": str(checkpoint.path),
+        "checkpoint_sha256": file_sha256(checkpoint.path),
+        "mfkit_version": p.get("mfkit_version"),
+    }
 
 
 def example_frame(type_names: list[str], r_max: float):
@@ -95,6 +122,7 @@ def export_head(ckpt: str | Path, level: str, out: str | Path) -> Path:
             "package_version_id": _CURRENT_NEQUIP_PACKAGE_VERSION,
             "available_models": [_EAGER_MODEL_KEY],
             "atom_types": dict(enumerate(type_names)),
+            PACKAGE_KEY: head_description(checkpoint, level),
         }
         with (
             _suppress_package_importer_exporter_warnings(),

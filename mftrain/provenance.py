@@ -3,7 +3,8 @@
 Written into ``provenance.json`` and under the checkpoint's ``mfkit`` key: versions, the stores
 (path, name, checksum), the split of each store, the selection (path and sha256), the head order
 and type names, how every head was initialised, the level mixing, the loss weights and the
-resolved config. Plain JSON types only, so that YAML and checkpoints hold it unchanged.
+resolved config, and the full definition of every head's level. Plain JSON types only, so that
+YAML and checkpoints hold it unchanged.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from mfdata.files import file_sha256
+from mfdata.levels import resolve_level
 from mfdata.split import read_split
 from mfdata.store.store import Store, mfkit_version
 from mftrain.config import TrainConfig
@@ -83,6 +85,10 @@ def run_provenance(
         "split": _split(config, stores),
         "selection": {"path": selection, "sha256": file_sha256(selection)} if selection else None,
         "levels": plan.levels,
+        # full definitions, so the checkpoint and exported heads describe their levels anywhere
+        "level_definitions": {
+            level: resolve_level(level).model_dump(mode="json") for level in plan.levels
+        },
         "type_names": type_names,
         "reference_energies": references.shifts,
         "reference_methods": references.methods,

@@ -8,7 +8,6 @@ check of both stages runs before stage 1 trains.
 
 from __future__ import annotations
 
-import csv
 import json
 from pathlib import Path
 from typing import Any
@@ -28,6 +27,7 @@ from mftrain.finetune_plan import (
     pretraining_levels,
     read_source,
 )
+from mftrain.run_log import read_rows, validation_rows, validation_summary
 
 SUMMARY = "stages.json"
 
@@ -53,32 +53,11 @@ def _check_training_samples(config: TrainConfig, stage: Stage2) -> None:
         )
 
 
-def _validation_rows(run: Path) -> list[dict[str, str]]:
-    rows = []
-    logs = sorted(
-        (run / "logs").glob("version_*/metrics.csv"), key=lambda p: int(p.parent.name[8:])
-    )
-    for path in logs:
-        with open(path, newline="") as f:
-            rows += [row for row in csv.DictReader(f) if row.get(MONITOR)]
-    return rows
-
-
-def _validation(row: dict[str, str], levels: list[str]) -> dict[str, Any]:
-    per_level = {}
-    for level in levels:
-        prefix = f"val0_epoch/{level}/"
-        values = {k[len(prefix) :]: float(v) for k, v in row.items() if k.startswith(prefix) and v}
-        if values:
-            per_level[level] = values
-    return {"step": int(row["step"]), "loss": float(row[MONITOR]), "levels": per_level}
-
-
 def stage_summary(run: Path) -> dict[str, Any]:
     """A finished run: its checkpoints and its validation metrics per level, last and best."""
     best = read_checkpoint(run / "best.ckpt")
     levels = best.levels
-    rows = _validation_rows(run)
+    rows = validation_rows(read_rows(run))
     return {
         "dir": str(run),
         "strategy": best.strategy,
@@ -88,8 +67,8 @@ def stage_summary(run: Path) -> dict[str, Any]:
         "best_checkpoint_sha256": file_sha256(best.path),
         "last_checkpoint": str(run / "last.ckpt"),
         "validation": {
-            "final": _validation(rows[-1], levels) if rows else None,
-            "best": _validation(min(rows, key=lambda r: float(r[MONITOR])), levels)
+            "final": validation_summary(rows[-1], levels) if rows else None,
+            "best": validation_summary(min(rows, key=lambda r: r[MONITOR]), levels)
             if rows
             else None,
         },

@@ -48,6 +48,7 @@ from mftrain.heads import HeadInit, delta_initialisation, head_initialisation
 from mftrain.loss import weight_table
 from mftrain.plan import Plan
 from mftrain.provenance import run_provenance
+from mftrain.run_log import metrics_files, plot_learning_curve
 from mftrain.strategies import plan
 
 DEFAULT_OUT = "mftrain-run"
@@ -239,7 +240,7 @@ def _scheduler(config: TrainConfig) -> dict | None:
     return {"scheduler": scheduler, "interval": "epoch", "frequency": 1}
 
 
-def _trainer(config: TrainConfig, out: Path) -> dict:
+def _trainer(config: TrainConfig, out: Path, levels: list[str]) -> dict:
     t = config.trainer
     accelerator = {"cpu": "cpu", "cuda": "gpu", "auto": "auto"}[t.device]
     callbacks: list[dict] = [
@@ -262,6 +263,8 @@ def _trainer(config: TrainConfig, out: Path) -> dict:
             "enable_version_counter": False,
         },
         {"_target_": "mftrain.training_module.FinalCheckpoint", "dirpath": str(out)},
+        {"_target_": "mftrain.training_module.ValidateAtLastStep"},
+        {"_target_": "mftrain.training_module.ValidationReport", "levels": levels},
         {"_target_": "lightning.pytorch.callbacks.LearningRateMonitor", "logging_interval": "step"},
     ]
     if t.early_stopping is not None:
@@ -428,7 +431,7 @@ def build_nequip_config(
             "run": ["train"],
             "seed": config.seed,
             "data": data,
-            "trainer": _trainer(config, out),
+            "trainer": _trainer(config, out, levels),
             "training_module": training_module,
             "hydra": {
                 "run": {"dir": str(out)},
@@ -710,4 +713,8 @@ def fit_run(config: TrainConfig, echo: Echo = print) -> Path:
         f"done: step {last.global_step}, best validation loss {shown}; "
         f"{out / 'best.ckpt'} and {out / 'last.ckpt'}"
     )
+    curve = plot_learning_curve(out, prepared.plan.levels)
+    if curve is not None:
+        sources = ", ".join(str(p.relative_to(out)) for p in metrics_files(out))
+        echo(f"learning curve: {curve} (from {sources})")
     return out

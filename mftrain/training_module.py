@@ -31,6 +31,7 @@ from nequip.data import AtomicDataDict
 from nequip.train import EMALightningModule, NequIPLightningModule
 
 from mftrain.nn import set_derivatives
+from mftrain.run_log import VAL_PREFIX, validation_line
 
 CHECKPOINT_KEY = "mfkit"
 
@@ -104,6 +105,48 @@ class FinalCheckpoint(Callback):
         best = self.dirpath / "best.ckpt"
         if trainer.is_global_zero and not best.exists():
             shutil.copyfile(last, best)
+
+
+class ValidateAtLastStep(Callback):
+    """Validate after the last optimiser step of a run that ``max_steps`` ends mid-epoch.
+
+    Lightning validates at epoch ends (or every ``val_check_interval``): a run shorter than an
+    epoch would never validate, leaving ``best.ckpt`` unchosen. Asking the trainer to stop at
+    the last step makes Lightning validate before it stops (as it does for early stopping and
+    ``max_time``); a validation already due at that step runs once.
+    """
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if 0 < trainer.max_steps <= trainer.global_step:
+            trainer.should_stop = True
+
+
+class ValidationReport(Callback):
+    """One printed line per validation (step, loss, each level's energy MAE per atom and force
+    MAE), and the latest validation's metrics kept in the checkpoint (``mftrain show``)."""
+
+    def __init__(self, levels: list[str]):
+        super().__init__()
+        self.levels = list(levels)
+        self.latest: dict[str, Any] = {}
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        if trainer.sanity_checking:
+            return
+        metrics = {
+            key: float(value)
+            for key, value in trainer.callback_metrics.items()
+            if key.startswith(VAL_PREFIX)
+        }
+        self.latest = {"step": int(trainer.global_step), "metrics": metrics}
+        if trainer.is_global_zero:
+            print(validation_line(self.latest, self.levels), flush=True)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"latest": self.latest}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.latest = dict(state_dict.get("latest") or {})
 
 
 class RankReport(Callback):

@@ -48,6 +48,7 @@ from mfdata.records import Structures
 from mfdata.stats import composition, fit_per_element
 from mfdata.store.store import Store, mfkit_version
 from mftrain.export import export_head
+from mftrain.run_log import read_rows, series
 from mftrain.studies.args import Budget, StudyArgs, at_least, each_at_least
 from mftrain.studies.configs import study_defaults
 from mftrain.studies.data import SPLIT, StudyData, require_level
@@ -56,7 +57,6 @@ from mftrain.studies.plots import (
     bar_chart,
     curves,
     figures_dir,
-    learning_curve,
     learning_curves_by_size,
     parity_grid,
 )
@@ -502,8 +502,8 @@ def run_curves(run: Path) -> dict[str, list[tuple[int, float]]]:
     """A run's logged metrics against step; a two-stage run's stage 2 continues stage 1's
     steps."""
     if not (run / "stages.json").is_file():
-        return learning_curve(run)
-    first, second = learning_curve(run / "pretrain"), learning_curve(run / "finetune")
+        return series(read_rows(run))
+    first, second = series(read_rows(run / "pretrain")), series(read_rows(run / "finetune"))
     offset = max((step for points in first.values() for step, _ in points), default=0)
     joined = {key: list(points) for key, points in first.items()}
     for key, points in second.items():

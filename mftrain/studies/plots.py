@@ -2,12 +2,11 @@
 
 Figures are drawn with matplotlib's object API (no pyplot, no GUI backend, nothing global), one
 file per call under the study's ``figures/`` directory (:func:`figures_dir`); every function
-returns the path it wrote. :func:`learning_curve` reads a run's CSV logs for :func:`curves`.
+returns the path it wrote. A run's logged metrics come from :mod:`mftrain.run_log`.
 """
 
 from __future__ import annotations
 
-import csv
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -30,19 +29,6 @@ def _save(fig: Figure, path: Path, title: str | None) -> Path:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     return path
-
-
-def learning_curve(run: Path) -> dict[str, list[tuple[int, float]]]:
-    """Every metric column of a run's CSV logs as (step, value) pairs, in step order."""
-    curves: dict[str, list[tuple[int, float]]] = {}
-    for path in sorted((run / "logs").glob("version_*/metrics.csv")):
-        with open(path, encoding="utf-8") as handle:
-            for row in csv.DictReader(handle):
-                for key, value in row.items():
-                    if key in ("epoch", "step") or not value:
-                        continue
-                    curves.setdefault(key, []).append((int(row["step"]), float(value)))
-    return {k: sorted(v) for k, v in curves.items()}
 
 
 def bar_chart(
