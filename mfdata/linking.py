@@ -129,28 +129,41 @@ def _match_ids(reference_ids: np.ndarray, query_ids: np.ndarray) -> np.ndarray:
     return np.where(found, order[pos], -1)
 
 
-def _concatenate(a: Structures, b: Structures) -> Structures:
-    groups = {name: i for i, name in enumerate(a.group_names)}
-    for name in b.group_names:
-        groups.setdefault(name, len(groups))
-    b_group = np.array([groups[name] for name in b.group_names], dtype=np.int32)[b.group]
-    positions_dtype = np.result_type(a.positions.dtype, b.positions.dtype)
+def _concatenate(parts: list[Structures]) -> Structures:
+    """``parts`` one after the other, in one copy (appending thousands of files one by one
+    would copy the growing result each time); groups of the same name become one."""
+    if len(parts) == 1:
+        return parts[0]
+    groups: dict[str, int] = {}
+    for part in parts:
+        for name in part.group_names:
+            groups.setdefault(name, len(groups))
+
+    def joined(field: str) -> np.ndarray:
+        return np.concatenate([getattr(part, field) for part in parts])
+
+    positions_dtype = np.result_type(*(part.positions.dtype for part in parts))
     merged = Structures(
-        numbers=np.concatenate([a.numbers, b.numbers]),
-        positions=np.concatenate([a.positions, b.positions]).astype(positions_dtype, copy=False),
-        n_atoms=np.concatenate([a.n_atoms, b.n_atoms]),
-        cell=np.concatenate([a.cell, b.cell]),
-        pbc=np.concatenate([a.pbc, b.pbc]),
-        charge=np.concatenate([a.charge, b.charge]),
-        multiplicity=np.concatenate([a.multiplicity, b.multiplicity]),
-        group=np.concatenate([a.group, b_group]),
+        numbers=joined("numbers"),
+        positions=joined("positions").astype(positions_dtype, copy=False),
+        n_atoms=joined("n_atoms"),
+        cell=joined("cell"),
+        pbc=joined("pbc"),
+        charge=joined("charge"),
+        multiplicity=joined("multiplicity"),
+        group=np.concatenate(
+            [
+                np.array([groups[name] for name in part.group_names], dtype=np.int32)[part.group]
+                for part in parts
+            ]
+        ),
         group_names=list(groups),
-        source=np.concatenate([a.source, b.source]),
+        source=joined("source"),
     )
-    for key in {*a.labels, *b.labels}:
+    for key in {key for part in parts for key in part.labels}:
         merged.labels[key] = Label(
-            np.concatenate([_label_or_nan(a, key), _label_or_nan(b, key)]),
-            np.concatenate([_present(a, key), _present(b, key)]),
+            np.concatenate([_label_or_nan(part, key) for part in parts]),
+            np.concatenate([_present(part, key) for part in parts]),
         )
     return merged
 
@@ -255,13 +268,13 @@ def link_sources(
     if link_by is not None and link_by != "geometry":
         for source in sources:
             _check_unique_ids(source, link_by)
+    if link_by is None:
+        return _concatenate([source.structures for source in sources])
     result = sources[0].structures
     result_ids = sources[0].ids
     for source in sources[1:]:
         s = source.structures
-        if link_by is None:
-            matches = np.full(s.n_structures, -1, dtype=np.int64)
-        elif link_by == "geometry":
+        if link_by == "geometry":
             matches = find_matches(result, s, tolerance)
         else:
             if result_ids is None or source.ids is None:
@@ -277,7 +290,7 @@ def link_sources(
         _add_labels_in_passes(result, source, matches)
         new = np.flatnonzero(matches < 0)
         if len(new):
-            result = _concatenate(result, s.select(new))
+            result = _concatenate([result, s.select(new)])
             if result_ids is not None and source.ids is not None:
                 result_ids = np.concatenate([result_ids, source.ids[new]])
     return result

@@ -99,9 +99,11 @@ class ReaderSpec:
 @dataclass(frozen=True)
 class AseReader:
     """The reader of a format read through ``ase.io``; ``format`` is ase.io's name for it
-    (None: ase.io guesses from the file). ``mfdata label`` reads geometries with it too."""
+    (None: ase.io guesses from the file). ``mfdata label`` reads geometries with it too.
+    ``source_id_key`` is the info key of the source's own structure ids, kept when present."""
 
     format: str | None
+    source_id_key: str | None = None
 
     def __call__(self, path: str, options: ReadOptions) -> Source:
         file_units, length_unit = database_units(path) if self.format == "db" else ({}, None)
@@ -115,6 +117,7 @@ class AseReader:
             group_key=options.group_key,
             id_key=options.id_key,
             length_unit=length_unit,
+            source_id_key=self.source_id_key,
         )
 
 
@@ -241,6 +244,13 @@ READERS: dict[str, ReaderSpec] = {
             read=AseReader("db"),
             description="ASE database",
             suffixes=(".db",),
+            options=ASE_OPTIONS,
+        ),
+        ReaderSpec(
+            name="aselmdb",
+            read=AseReader("aselmdb", source_id_key="data_id"),
+            description="fairchem ASE-LMDB (OMol25, OPoly26), ASE units",
+            suffixes=(".aselmdb",),
             options=ASE_OPTIONS,
         ),
         ReaderSpec(

@@ -20,6 +20,7 @@ from ase.stress import voigt_6_to_full_3x3_stress
 
 from mfdata.progress import progress
 from mfdata.readers._common import KeyMapping
+from mfdata.readers.aselmdb import iter_aselmdb
 from mfdata.records import InvalidDataError, Label, Source, Structures, empty_structures
 from mfdata.units import UnitError, conversion_factor
 
@@ -34,6 +35,11 @@ ASE_STANDARD_UNITS = {
 NOT_LABELS = frozenset(
     {"numbers", "positions", "momenta", "masses", "tags", "initial_magmoms", "initial_charges"}
 )
+# The reader name a store's manifest records, by ase format (anything else: "ase").
+_READER_NAMES = {"db": "ase-db", "aselmdb": "aselmdb"}
+# Formats whose rows carry a dict of properties (fairchem's ``data``): every numeric key that
+# is not stored is named, not only the label-shaped ones.
+_LIST_UNREAD = frozenset({"aselmdb"})
 # Info keys read as the spin multiplicity 2S+1: ``spin`` is OMol25's (fairchem's) name for it.
 MULTIPLICITY_KEYS = ("multiplicity", "spin_multiplicity", "spin")
 
@@ -223,6 +229,7 @@ def read_ase(
     group_key: str | None = None,
     id_key: str | None = None,
     length_unit: str | None = None,
+    source_id_key: str | None = None,
 ) -> Source:
     """Read every frame of ``path`` with ``ase.io``; ``mappings`` say which key is which label.
 
@@ -231,20 +238,23 @@ def read_ase(
     ``pbc`` overrides the periodicity of every frame; molecules (pbc all False) lose their box.
     ``id_key`` names the info key whose value identifies a structure across files (linking).
     ``length_unit`` is the unit of positions and cells where the file states one (default Å).
+    ``source_id_key`` names the info key of the source's own structure ids (OMol25's
+    ``data_id``), kept as the ids when every frame has one and ``id_key`` is not given.
     """
     frames: list[Atoms] = []
     iso: list[Atoms] = []
     record: list[int] = []  # the file's record number of each frame (isolated atoms excluded)
     iso_record: list[int] = []
-    reader = _iter_db(path) if format == "db" else ase.io.iread(path, index=":", format=format)
     try:
-        for atoms in progress(reader, f"reading {path}", " frames"):
+        for atoms in progress(_frames(path, format), f"reading {path}", " frames"):
             is_iso = all_isolated or (
                 isolated_atoms is not None
                 and str(atoms.info.get(isolated_atoms[0])) == isolated_atoms[1]
             )
             (iso_record if is_iso else record).append(len(frames) + len(iso))
             (iso if is_iso else frames).append(atoms)
+    except InvalidDataError:
+        raise
     except Exception as exc:  # ase raises many types for malformed files
         raise _read_error(path, format, len(frames) + len(iso), exc) from exc
 
@@ -258,16 +268,19 @@ def read_ase(
         if missing:
             raise InvalidDataError(f"{path}: record {record[missing[0]]}: no {id_key!r} to link by")
         ids = np.array([str(a.info[id_key]) for a in frames])
+    elif source_id_key is not None and all(source_id_key in a.info for a in frames):
+        ids = np.array([str(a.info[source_id_key]) for a in frames])
     return Source(
         path=path,
-        reader="ase-db" if format == "db" else "ase",
+        reader=_READER_NAMES.get(format, "ase"),
         structures=structures,
         source_units={(m.level, m.kind.name): m.unit for m in mappings},
         atom_energies=atom_energies,
         ids=ids,
         describe=lambda i: f"record {record[i]}",
         keys={(m.level, m.kind.name): m.key for m in mappings},
-        notes=_unmapped_labels(path, frames, mappings),
+        notes=_unmapped_labels(path, frames, mappings)
+        + (_unread_numbers(path, frames, mappings, id_key) if format in _LIST_UNREAD else []),
     )
 
 
@@ -308,6 +321,26 @@ def _unmapped_labels(path: str, frames: list[Atoms], mappings: list[KeyMapping])
     ]
 
 
+def _unread_numbers(
+    path: str, frames: list[Atoms], mappings: list[KeyMapping], id_key: str | None
+) -> list[str]:
+    """A note naming every numeric info key that is neither read nor label-shaped (those are in
+    :func:`_unmapped_labels`' warning): what a fairchem row's ``data`` holds beyond the labels."""
+    read = {m.key for m in mappings} | set(MULTIPLICITY_KEYS) | {"charge", "total_charge", id_key}
+    found: dict[str, tuple[int, ...]] = {}
+    for atoms in frames:
+        for key, value in atoms.info.items():
+            if key in read or key in found or _label_shape(value, len(atoms), False):
+                continue
+            array = np.asarray(value)
+            if array.dtype.kind in "iuf":
+                found[key] = array.shape
+    if not found:
+        return []
+    keys = ", ".join(f"{key} (shape {shape})" for key, shape in sorted(found.items()))
+    return [f"{path}: numeric keys not stored (store one with --map KEY=LEVEL:LABEL): {keys}"]
+
+
 def _label_shape(value: object, n_atoms: int, per_atom: bool) -> str | None:
     """How a value looks if it looks like a label (per-atom reals, 3x3 or 6 reals), else None."""
     array = np.asarray(value)
@@ -318,6 +351,15 @@ def _label_shape(value: object, n_atoms: int, per_atom: bool) -> str | None:
     if array.size in (6, 9) and array.ndim <= 2:
         return f"per-structure, {array.size} values"
     return None
+
+
+def _frames(path: str, format: str | None) -> Iterator[Atoms]:
+    """The frames of ``path``: ASE databases row by row, anything else through ``ase.io``."""
+    if format == "db":
+        return _iter_db(path)
+    if format == "aselmdb":
+        return iter_aselmdb(path)
+    return ase.io.iread(path, index=":", format=format)
 
 
 def _iter_db(path: str) -> Iterator[Atoms]:
