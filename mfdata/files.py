@@ -12,6 +12,7 @@ there, and nothing else uses it.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import shutil
@@ -21,6 +22,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from mfdata.errors import MfkitError
+
 KILL_AT = "MFKIT_TEST_KILL_AT"  # test hook: the kill point at which the process kills itself
 
 
@@ -28,6 +31,25 @@ def kill_point(name: str) -> None:
     """SIGKILL this process here when ``$MFKIT_TEST_KILL_AT`` is ``name`` (tests only)."""
     if os.environ.get(KILL_AT) == name:
         os.kill(os.getpid(), signal.SIGKILL)
+
+
+class NotWritable(MfkitError, PermissionError):
+    """A file or directory mfkit must write is read-only to this user or on a read-only file
+    system (reading commands keep working there)."""
+
+
+@contextmanager
+def writing(path: str | Path) -> Iterator[None]:
+    """Report 'permission denied' or 'read-only file system' while writing ``path`` in one line
+    naming it, instead of a traceback."""
+    try:
+        yield
+    except OSError as exc:
+        if isinstance(exc, PermissionError) or exc.errno == errno.EROFS:
+            raise NotWritable(
+                f"{path}: cannot write here ({exc.strerror}); this command needs write access"
+            ) from exc
+        raise
 
 
 def file_sha256(path: str | Path) -> str:
@@ -47,7 +69,8 @@ def atomic_file(target: str | Path) -> Iterator[Path]:
     ``target`` is untouched.
     """
     target = Path(target)
-    fd, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".partial", dir=target.parent)
+    with writing(target.parent):
+        fd, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".partial", dir=target.parent)
     os.close(fd)
     tmp = Path(name)
     try:
@@ -69,7 +92,8 @@ def atomic_write_text(target: str | Path, text: str) -> None:
 
 def remove(path: Path) -> None:
     """Remove a leftover file or directory (a symlink itself, never what it points to)."""
-    if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path)
-    else:
-        path.unlink(missing_ok=True)
+    with writing(path):
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        else:
+            path.unlink(missing_ok=True)

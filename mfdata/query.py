@@ -19,7 +19,7 @@ from mfdata.errors import UsageError
 from mfdata.index import StructureIndex, elements_mask
 from mfdata.levels import UnknownLevelError, resolve_level
 from mfdata.schema import QuerySpec, SelectedStore, Selection, label_kind
-from mfdata.store.manifest import StoreError
+from mfdata.store.manifest import StoreError, parse_json_object, validated
 from mfdata.store.store import Store
 
 
@@ -86,8 +86,13 @@ def encode_indices(indices: np.ndarray) -> str:
     return base64.b64encode(zlib.compress(indices.astype("<i8").tobytes(), 6)).decode("ascii")
 
 
-def decode_indices(text: str) -> np.ndarray:
-    return np.frombuffer(zlib.decompress(base64.b64decode(text)), dtype="<i8").astype(np.int64)
+def decode_indices(text: str, where: str = "selection") -> np.ndarray:
+    """The indices :func:`encode_indices` wrote; damaged text is a one-line error."""
+    try:
+        raw = zlib.decompress(base64.b64decode(text, validate=True))
+        return np.frombuffer(raw, dtype="<i8").astype(np.int64)
+    except (ValueError, zlib.error) as exc:
+        raise StoreError(f"{where}: damaged structure indices: {exc}") from exc
 
 
 def select(stores: list[Store], spec: QuerySpec) -> Selection:
@@ -115,17 +120,23 @@ def select(stores: list[Store], spec: QuerySpec) -> Selection:
 
 
 def load_selection(path: str | Path) -> Selection:
+    """The selection saved at ``path``; anything else is a one-line error naming the file."""
     try:
-        return Selection.model_validate_json(Path(path).read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
+        raw = Path(path).read_bytes()
+    except OSError as exc:
         raise StoreError(f"{path}: not a readable selection: {exc}") from exc
+    return validated(Selection, parse_json_object(raw, path, "selection"), path, "selection")
 
 
 def selected_indices(selection: Selection, store: Store, where: str = "selection") -> np.ndarray:
     """The indices ``selection`` holds for ``store``; refused if the store is not the same one."""
     for entry in selection.stores:
         if entry.checksum == store.manifest.checksum:
-            return decode_indices(entry.indices)
+            indices = decode_indices(entry.indices, where)
+            n = store.manifest.n_structures
+            if len(indices) and (indices.min() < 0 or indices.max() >= n):
+                raise StoreError(f"{where}: structure indices outside 0..{n - 1} of {store.path}")
+            return indices
     names = ", ".join(f"{e.name} ({e.checksum[:12]})" for e in selection.stores)
     raise StoreError(
         f"{where} was made on {names}, not on {store.path} ({store.manifest.checksum[:12]}): "

@@ -16,7 +16,7 @@ from mfdata.files import atomic_write_text, kill_point
 from mfdata.home import home
 from mfdata.schema import check_name
 from mfdata.store.lock import locked
-from mfdata.store.manifest import StoreError
+from mfdata.store.manifest import StoreError, parse_json_object
 from mfdata.store.store import Store
 
 
@@ -29,11 +29,8 @@ def registered() -> dict[str, str]:
     path = _registry_file()
     if not path.is_file():
         return {}
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (ValueError, RecursionError) as exc:
-        raise StoreError(f"{path}: unreadable store registry: {type(exc).__name__}") from exc
-    if not isinstance(data, dict) or not all(isinstance(v, str) for v in data.values()):
+    data = parse_json_object(path.read_bytes(), path, "store registry")
+    if not all(isinstance(v, str) for v in data.values()):
         raise StoreError(f"{path}: unreadable store registry: not an object of paths")
     return {str(k): v for k, v in data.items()}
 

@@ -135,7 +135,6 @@ def save_split(store: Store, info: SplitInfo, part: np.ndarray, subset_order: np
         target = store.path / SPLITS_DIR / info.name
         if os.path.lexists(target):  # never committed (an interrupted split): never read
             remove(target)
-        target.parent.mkdir(exist_ok=True)
         with atomic_directory(target) as tmp:
             group = zarr.open_group(str(tmp), mode="w", zarr_format=3)
             group.create_array("part", data=part)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import shutil
 import struct
+import zlib
 from pathlib import Path
 
 import h5py
@@ -22,8 +23,8 @@ from nequip.data import from_ase
 
 from mfdata.records import Structures
 from mfdata.schema import LABEL_KINDS
-from mfdata.store.lmdb_store import LAYOUT_KEY, LmdbStore, index_key, open_shard, pack
-from mfdata.store.manifest import StoreError
+from mfdata.store.lmdb_store import LAYOUT_KEY, LmdbStore, index_key, open_shard, pack, record_crc
+from mfdata.store.manifest import StoreError, json_digest
 from mfdata.store.store import Store
 from tests.conftest import run_cli
 
@@ -208,7 +209,7 @@ def test_binary_layout_as_documented(stores):
     layout = json.loads(bytes(txn.get(LAYOUT_KEY)))
     i = layout["stop"] - 1
     value = bytes(txn.get(index_key(i)))
-    assert layout["format"] == "mfkit-lmdb" and layout["layout_version"] == 1
+    assert layout["format"] == "mfkit-lmdb" and layout["layout_version"] == 2
     assert layout["n_shards"] == 3 and layout["stop"] == 8
     n, group, charge, multiplicity, pbc = struct.unpack_from("<IihhB", value)
     assert (n, group, charge, multiplicity, pbc) == (
@@ -240,7 +241,9 @@ def test_binary_layout_as_documented(stores):
         np.testing.assert_array_equal(np.frombuffer(value, dtype, 3 * n, offset), want.ravel())
         offset += 3 * n * np.dtype(dtype).itemsize
     np.testing.assert_array_equal(np.frombuffer(value, np.uint8, n, offset), s.numbers[atoms])
-    assert offset + n == len(value)
+    offset += n
+    assert zlib.crc32(value[:offset], i) == int.from_bytes(value[offset:], "little")
+    assert offset + 4 == len(value)
     assert b"pickle" not in value and not value.startswith(b"\x80")
 
 
@@ -304,6 +307,8 @@ def test_repack_needs_force(tmp_path, shared):
 
 
 def _rewrite(path: Path, key: bytes, value: bytes, layout_checksum: str | None = None) -> None:
+    """Put ``value`` at ``key``; with ``layout_checksum``, also record it and re-sign the layout
+    (what a careful forger would do)."""
     env = lmdb.open(str(path), subdir=False, lock=False)
     try:
         with env.begin(write=True) as txn:
@@ -311,6 +316,8 @@ def _rewrite(path: Path, key: bytes, value: bytes, layout_checksum: str | None =
             if layout_checksum is not None:
                 layout = json.loads(txn.get(LAYOUT_KEY))
                 layout["checksum"]["value"] = layout_checksum
+                del layout["layout_checksum"]
+                layout["layout_checksum"] = json_digest(layout)
                 txn.put(LAYOUT_KEY, json.dumps(layout).encode())
     finally:
         env.close()
@@ -352,7 +359,9 @@ def test_verify_detects_a_tampered_shard(tmp_path, shared):
 
     shard = copy / Store(copy).manifest.lmdb.shards[1]
     _, records = _records(shard)
-    records[0][1][-30] ^= 0x01
+    key, value = records[0]
+    value[-30] ^= 0x01
+    value[-4:] = record_crc(value[:-4], int.from_bytes(key, "big")).to_bytes(4, "little")
     digest = _Digest()
     for _, v in records:
         digest.update(bytes(v), [len(v)])

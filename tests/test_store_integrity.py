@@ -7,9 +7,11 @@ corruptions are changed bytes on disk. Stores are the 8-structure ANI-1x sample,
 
 from __future__ import annotations
 
+import ctypes
 import json
 import multiprocessing
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -24,13 +26,14 @@ from mfdata.convert import convert, merge
 from mfdata.errors import MfkitError, UsageError
 from mfdata.export import write_extxyz
 from mfdata.files import KILL_AT
+from mfdata.query import load_selection
 from mfdata.registry import check_name_free, open_store, register, registered
 from mfdata.split import make_split, split_indices
 from mfdata.stats import store_statistics, update_statistics
-from mfdata.store.lmdb_store import LmdbStore, pack
-from mfdata.store.lock import store_lock
+from mfdata.store.lmdb_store import LAYOUT_KEY, LmdbStore, index_key, pack
+from mfdata.store.lock import claimed_directory, store_lock
 from mfdata.store.manifest import MANIFEST, StoreError, write_manifest
-from mfdata.store.store import Store
+from mfdata.store.store import Store, remove_abandoned
 from mfdata.store.verify import repair
 from mfdata.store.zarr_store import ZARR_DIR
 from tests.conftest import run_cli
@@ -190,6 +193,21 @@ def test_kills_at_commit_points_leave_no_broken_store(tmp_path, base, shared):
         assert not [p for p in s.iterdir() if p.name.startswith(".") and p.name != ".lock"]
 
 
+def test_the_next_convert_removes_what_killed_converts_left_beside_it(tmp_path, shared):
+    """A killed conversion's temporary directory goes with the next conversion to any name in
+    that directory; a live writer's stays."""
+    src = shared / "modelforge_testdata" / "ani1_n5.hdf5"
+    proc = _cli("convert", src, "--out", tmp_path / "a", env={KILL_AT: "directory:written"})
+    proc.communicate(timeout=120)
+    assert proc.returncode == -signal.SIGKILL
+    (left,) = tmp_path.glob(".a.partial-*")
+    with claimed_directory(tmp_path, ".live.partial-") as live:
+        convert(src, tmp_path / "b")
+        assert not left.exists() and live.is_dir()
+    assert remove_abandoned(tmp_path) == [live]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["b"]
+
+
 # --------------------------------------------------------------------------- 3. read paths
 
 
@@ -232,24 +250,98 @@ def test_corrupted_arrays_never_reach_exports_merges_statistics_or_loaders(tmp_p
         FidelityDataset([str(other)], [LEVEL])
 
 
-def test_a_flipped_lmdb_record_is_refused_before_training(tmp_path, base):
+def _edit_shard(shard: Path, change) -> None:
+    """Apply ``change(txn)`` to a copy of an LMDB shard in one write transaction, and put the
+    copy in its place (a reader in this process may hold the shard open)."""
+    copy = shard.with_name("edited")
+    shutil.copyfile(shard, copy)
+    env = lmdb.open(str(copy), subdir=False, lock=False)
+    try:
+        with env.begin(write=True) as txn:
+            change(txn)
+    finally:
+        env.close()
+    os.replace(copy, shard)
+
+
+def _flip(txn, key: bytes, offset: int, bits: int = 0x07) -> None:
+    value = bytearray(txn.get(key))
+    value[offset] ^= bits
+    txn.put(key, bytes(value))
+
+
+def test_a_flipped_lmdb_record_is_a_one_line_error_when_read(tmp_path, base):
+    """Every record carries a CRC checked on each read: a flipped atomic number (or a record
+    moved to another key) names the shard and the structure, before any byte is interpreted."""
     store = tmp_path / "p"
     shutil.copytree(base, store)
     pack(store)
     shard = store / Store(store).manifest.lmdb.shards[0]
-    env = lmdb.open(str(shard), subdir=False, lock=False)
-    with env.begin(write=True) as txn:
-        key = (3).to_bytes(8, "big")
-        value = bytearray(txn.get(key))
-        value[-1] ^= 0x07  # the last atomic number
-        txn.put(key, bytes(value))
-    env.close()
-    with pytest.raises(StoreError, match="record checksum mismatch"):
-        LmdbStore(store).record(3)
+    _edit_shard(shard, lambda txn: _flip(txn, index_key(3), -5))  # the last atomic number
     from mfdata.loading.lmdb_dataset import FidelityDataset
 
-    with pytest.raises(StoreError, match="record checksum mismatch"):
-        FidelityDataset([str(store)], [LEVEL])
+    dataset = FidelityDataset([str(store)], [LEVEL])  # opening reads no record
+    message = rf"{shard}: record 3 fails its checksum: the shard is corrupted; re-pack"
+    for i in range(len(dataset)):
+        if dataset.sample_structure[i] == 3:
+            with pytest.raises(StoreError, match=message):
+                dataset[i]
+        else:
+            dataset[i]
+    with pytest.raises(StoreError, match=message):
+        LmdbStore(store).record(3)
+    problems = Store(store).verify()
+    assert any("1 record(s) fail their checksum (structures 3)" in p for p in problems)
+
+    def swap(txn) -> None:  # two intact records under each other's keys
+        a, b = bytes(txn.get(index_key(4))), bytes(txn.get(index_key(5)))
+        txn.put(index_key(4), b)
+        txn.put(index_key(5), a)
+
+    _edit_shard(shard, swap)
+    with pytest.raises(StoreError, match=rf"{shard}: record 4 fails its checksum"):
+        LmdbStore(store).record(4)
+
+
+def test_a_changed_lmdb_layout_is_refused_when_the_shard_is_opened(tmp_path, base):
+    """A label renamed in the layout would make its values absent (NaN) in training."""
+    store = tmp_path / "p"
+    shutil.copytree(base, store)
+    pack(store)
+    shard = store / Store(store).manifest.lmdb.shards[0]
+    layout = {}
+
+    def rename(txn) -> None:
+        layout.update(json.loads(bytes(txn.get(LAYOUT_KEY))))
+        text = bytes(txn.get(LAYOUT_KEY)).replace(b"/forces", b"/forcez")
+        txn.put(LAYOUT_KEY, text)
+
+    _edit_shard(shard, rename)
+    with pytest.raises(StoreError, match=rf"{shard}: LMDB layout checksum mismatch"):
+        LmdbStore(store).open()
+    assert any("LMDB layout checksum mismatch" in p for p in Store(store).verify())
+    deep = b'{"a":' * 100_000 + b"1" + b"}" * 100_000
+    _edit_shard(shard, lambda txn: txn.put(LAYOUT_KEY, deep))
+    with pytest.raises(StoreError, match=rf"^{shard}: unreadable LMDB layout: RecursionError$"):
+        LmdbStore(store).open()
+
+
+def test_packs_without_record_checksums_are_refused_until_repacked(tmp_path, base):
+    """Layout version 1 (before per-record checksums) is not read: one line says re-pack."""
+    store = tmp_path / "p"
+    shutil.copytree(base, store)
+    pack(store)
+    manifest = Store(store).manifest
+    info = manifest.lmdb.model_copy(update={"layout_version": 1})
+    write_manifest(store, manifest.model_copy(update={"lmdb": info}))
+    hint = (
+        "LMDB layout version 1 is not 2 (per-record checksums); re-pack with `mfdata pack --force`"
+    )
+    with pytest.raises(StoreError, match=re.escape(f"{store}: {hint}")):
+        LmdbStore(store)
+    assert Store(store).verify() == [f"{store / 'lmdb'}: {hint}"]
+    pack(store, force=True)
+    assert Store(store).verify() == [] and LmdbStore(store).record(3)["numbers"].size
 
 
 # --------------------------------------------------------------------------- 4. metadata
@@ -331,6 +423,22 @@ def test_hostile_manifests_are_one_line_errors(store):
     assert err.strip() == f"mfdata: error: {store}/{MANIFEST}: unreadable manifest: RecursionError"
 
 
+def test_nested_json_in_selections_and_the_registry_is_one_line(tmp_path, store):
+    deep = '{"a":' * 100_000 + "1" + "}" * 100_000
+    selection = tmp_path / "selection.json"
+    selection.write_text(deep)
+    with pytest.raises(StoreError, match=rf"^{selection}: unreadable selection: RecursionError$"):
+        load_selection(selection)
+    selection.write_text(json.dumps({"created": "now", "query": {}, "stores": [{"a": 1}]}))
+    with pytest.raises(StoreError, match=rf"^{selection}: invalid selection: stores.0.name: "):
+        load_selection(selection)
+    registry = Path(os.environ["MFKIT_HOME"]) / "stores.json"
+    registry.write_text(deep)
+    proc = run_cli("list", check=False)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr == f"mfdata: error: {registry}: unreadable store registry: RecursionError\n"
+
+
 # --------------------------------------------------------------------------- 9. names
 
 
@@ -340,6 +448,98 @@ def test_unsafe_store_and_split_names_are_refused(store, name):
         check_name_free(name, store)
     with pytest.raises(UsageError, match="split name"):
         make_split(Store(store), name)
+
+
+# --------------------------------------------------------------------------- read-only stores
+
+# Runs mfdata commands in one process and prints {command: [exit status, stderr]}; a traceback
+# (an error that is not a user error) fails the test with its traceback.
+_COMMANDS = """
+import contextlib, io, json, sys
+from pathlib import Path
+from mfdata.cli import main
+try:
+    Path(sys.argv[2], "probe").touch()
+    print(json.dumps(None))  # can write anyway: the test cannot make a store read-only here
+    sys.exit()
+except PermissionError:
+    pass
+results = {}
+for args in json.loads(sys.argv[1]):
+    sys.argv = ["mfdata", *args]
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+        try:
+            main()
+        except SystemExit as exc:
+            results[" ".join(args[:2])] = [exc.code or 0, err.getvalue()]
+print(json.dumps(results))
+"""
+
+
+def _without_root_powers() -> None:
+    """Root writes read-only files: drop CAP_DAC_OVERRIDE and CAP_DAC_READ_SEARCH from the
+    bounding set (PR_CAPBSET_DROP), so the exec'd Python obeys file modes like a user."""
+    if os.geteuid() == 0:
+        libc = ctypes.CDLL(None, use_errno=True)
+        for capability in (1, 2):
+            libc.prctl(24, capability, 0, 0, 0)
+
+
+def test_write_commands_on_a_read_only_store_are_one_line_errors(tmp_path, store):
+    src = tmp_path / "src.xyz"
+    write_extxyz(Store(store), LEVEL, src)
+    pack(store)
+    (store / ".lock").unlink()  # the lock file cannot be made either
+    bare = tmp_path / "bare"
+    shutil.copytree(store, bare)
+    (store / ".lock").touch()
+    out = tmp_path / "out"
+    out.mkdir()
+    commands = {
+        "info": ("info", store),
+        "verify": ("verify", store),
+        "query": ("query", store, "--has", f"{LEVEL}:energy"),
+        "export": ("export", store, "--level", LEVEL, "--out", out / "x.xyz"),
+        "split": ("split", store, "--name", "x"),
+        "split bare": ("split", bare, "--name", "x"),
+        "stats": ("stats", store),
+        "pack": ("pack", store, "--force"),
+        "repair": ("verify", bare, "--repair"),
+        "convert": ("convert", src, "--out", tmp_path / "new", "--level", LEVEL),
+    }
+    for path in [tmp_path, *tmp_path.rglob("*")]:
+        if path != out and out not in path.parents and not path.is_symlink():
+            path.chmod(path.stat().st_mode & ~0o222)
+    try:
+        proc = subprocess.run(
+            [
+                sys.executable,
+                "-c",
+                _COMMANDS,
+                json.dumps([list(map(str, c)) for c in commands.values()]),
+                str(store),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            preexec_fn=_without_root_powers,
+        )
+    finally:
+        for path in [tmp_path, *tmp_path.rglob("*")]:
+            path.chmod(path.stat().st_mode | 0o200)
+    assert proc.returncode == 0, proc.stderr
+    results = json.loads(proc.stdout)
+    if results is None:
+        pytest.skip("this process cannot make a store read-only to itself")
+    codes = {name: tuple(results[" ".join(map(str, c[:2]))]) for name, c in commands.items()}
+    for name in ("info", "verify", "query", "export"):
+        assert codes[name] == (0, ""), name
+    for name in ("split", "split bare", "stats", "pack", "repair", "convert"):
+        status, err = codes[name]
+        assert status == 2 and err.count("\n") == 1, (name, err)
+        assert "cannot write here (Permission denied); this command needs write access" in err
+    assert Store(store).verify() == [] and Store(bare).verify() == []
 
 
 # --------------------------------------------------------------------------- mftrain

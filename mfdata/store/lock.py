@@ -17,13 +17,16 @@ from __future__ import annotations
 
 import fcntl
 import os
+import shutil
 import sys
 import time
-from collections.abc import Iterator
+import uuid
+from collections.abc import Iterable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 
 from mfdata.errors import MfkitError
+from mfdata.files import writing
 
 LOCK_FILE = ".lock"  # inside a store
 _POLL_S = 0.05
@@ -55,7 +58,7 @@ def locked(lock_file: Path, what: str) -> Iterator[None]:
         finally:
             _held[key] -= 1
         return
-    fd = os.open(lock_file, os.O_RDWR | os.O_CREAT, 0o644)
+    fd = _open_lock_file(lock_file)
     try:
         _acquire(fd, lock_file, what)
         _held[key] = 1
@@ -66,6 +69,18 @@ def locked(lock_file: Path, what: str) -> Iterator[None]:
             fcntl.flock(fd, fcntl.LOCK_UN)
     finally:
         os.close(fd)
+
+
+def _open_lock_file(lock_file: Path) -> int:
+    """The lock file, created if missing. One this process may only read locks as well (flock
+    needs no write access): on a read-only store a command that finds nothing to write works."""
+    try:
+        return os.open(lock_file, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError:
+        if lock_file.is_file():
+            return os.open(lock_file, os.O_RDONLY)
+        with writing(lock_file.parent):  # the same error, in one line when it is a permission
+            raise
 
 
 def _acquire(fd: int, lock_file: Path, what: str) -> None:
@@ -95,27 +110,49 @@ def store_lock(root: Path) -> AbstractContextManager[None]:
 
 
 @contextmanager
-def claimed(directory: Path) -> Iterator[None]:
-    """Hold a lock on ``directory`` itself while a process writes it: a temporary directory
-    nobody holds (:func:`abandoned`) belongs to a process that died, and can be removed."""
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
+def claimed_directory(parent: Path, prefix: str) -> Iterator[Path]:
+    """A new directory ``parent/PREFIX<8 hex digits>`` that this process holds (``flock`` on the
+    directory itself) until the block ends.
+
+    A temporary directory nobody holds belongs to a process that died: :func:`remove_unclaimed`
+    removes it while holding it, and a directory removed before its writer held it is made again
+    under a new name, so a live writer's directory is never removed.
+    """
+    while True:
+        path = parent / f"{prefix}{uuid.uuid4().hex[:8]}"
+        with writing(parent):
+            path.mkdir()
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+        except FileNotFoundError:
+            continue
         fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
+        try:
+            if os.stat(path).st_ino == os.fstat(fd).st_ino:
+                break
+        except FileNotFoundError:
+            pass
+        os.close(fd)
+    try:
+        yield path
     finally:
         os.close(fd)
 
 
-def abandoned(directory: Path) -> bool:
-    """Whether no live process holds :func:`claimed` on ``directory``."""
-    try:
-        fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    except OSError:
-        return False
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        return True
-    except BlockingIOError:
-        return False
-    finally:
-        os.close(fd)
+def remove_unclaimed(directories: Iterable[Path]) -> list[Path]:
+    """Remove each directory no live process holds (:func:`claimed_directory`); return them."""
+    removed = []
+    for path in directories:
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+        except OSError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            shutil.rmtree(path, ignore_errors=True)  # held: its writer cannot be alive
+            removed.append(path)
+        except BlockingIOError:
+            pass
+        finally:
+            os.close(fd)
+    return removed

@@ -12,7 +12,6 @@ from __future__ import annotations
 import datetime
 import os
 import shutil
-import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from importlib.metadata import PackageNotFoundError, version
@@ -21,7 +20,7 @@ from pathlib import Path
 import numpy as np
 from ase.data import chemical_symbols
 
-from mfdata.files import file_sha256, kill_point
+from mfdata.files import file_sha256, kill_point, writing
 from mfdata.index import StructureIndex
 from mfdata.levels import resolve_level
 from mfdata.linking import geometry_hash
@@ -35,8 +34,14 @@ from mfdata.schema import (
     LevelSummary,
     Provenance,
 )
-from mfdata.store.lock import abandoned, claimed
-from mfdata.store.manifest import MANIFEST, PARTIAL_MARK, read_manifest, write_manifest
+from mfdata.store.lock import claimed_directory, remove_unclaimed
+from mfdata.store.manifest import (
+    MANIFEST,
+    PARTIAL_MARK,
+    PARTIAL_NAME,
+    read_manifest,
+    write_manifest,
+)
 from mfdata.store.verify import verify_store
 from mfdata.store.zarr_store import (
     ZARR_DIR,
@@ -62,20 +67,17 @@ def atomic_directory(target: Path) -> Iterator[Path]:
 
     The temporary name is hidden and marked ``.partial-``: a conversion killed before the rename
     (SIGKILL, power loss) leaves only that, and :class:`Store` refuses it. The writer holds a lock
-    on it (:func:`~mfdata.store.lock.claimed`), so the next write to ``target`` removes what a
-    killed writer left, and never what a live one is writing.
+    on it (:func:`~mfdata.store.lock.claimed_directory`), so the next write to any name in the
+    same directory removes what killed writers left there (:func:`remove_abandoned`), and never
+    what a live one is writing.
     """
     if os.path.lexists(target):
         raise FileExistsError(f"{target}: already exists; choose another output path")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    prefix = f".{target.name}{PARTIAL_MARK}"
-    for old in target.parent.iterdir():
-        if old.name.startswith(prefix) and abandoned(old):
-            shutil.rmtree(old, ignore_errors=True)
-    tmp = target.parent / f"{prefix}{uuid.uuid4().hex[:8]}"
-    tmp.mkdir()
-    try:
-        with claimed(tmp):
+    with writing(target.parent):
+        target.parent.mkdir(parents=True, exist_ok=True)
+    remove_abandoned(target.parent)
+    with claimed_directory(target.parent, f".{target.name}{PARTIAL_MARK}") as tmp:
+        try:
             yield tmp
             kill_point("directory:written")
             try:
@@ -87,9 +89,16 @@ def atomic_directory(target: Path) -> Iterator[Path]:
                         "written"
                     ) from exc
                 raise
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+
+
+def remove_abandoned(directory: Path) -> list[Path]:
+    """Remove the temporary directories of :func:`atomic_directory` in ``directory`` whose
+    writer died (nobody holds them); return them."""
+    found = [p for p in directory.iterdir() if PARTIAL_NAME.match(p.name)]
+    return remove_unclaimed(p for p in found if p.is_dir() and not p.is_symlink())
 
 
 def _level_summaries(s: Structures, sources: list[Source]) -> dict[str, LevelSummary]:
