@@ -244,15 +244,33 @@ def levels_add(
 @app.command()
 def export(
     store: Annotated[str, typer.Argument(help="A store: path or registered name.")],
-    level: Annotated[str, typer.Option(help="Level whose labels are written.")],
-    out: Annotated[Path, typer.Option(help="extxyz file to write; must not exist.")],
+    out: Annotated[Path, typer.Option(help="File (directory for mace) to write; must not exist.")],
+    level: Annotated[
+        str | None, typer.Option(help="Level whose labels are written (extxyz, aselmdb).")
+    ] = None,
+    format: Annotated[
+        Literal["extxyz", "aselmdb", "mace"],
+        typer.Option(
+            help="extxyz (ASE, nequip); aselmdb (fairchem); mace: one extxyz per level with "
+            "MACE's REF_ keys and head, isolated atoms, and heads.yaml for a multi-head config."
+        ),
+    ] = "extxyz",
 ) -> None:
-    """Write the structures that have LEVEL as extxyz (eV, eV/Å), for MACE and nequip users."""
-    from mfdata.export import write_extxyz
+    """Write a store's labels (eV, eV/Å, eV/Å³) in the formats peers train on."""
+    from mfdata.export import write_aselmdb, write_extxyz, write_mace
 
     opened = open_store(store)
+    if format == "mace":
+        if level is not None:
+            raise UsageError("--format mace writes every level (one head each); drop --level")
+        files = write_mace(opened, out)
+        typer.echo(f"wrote {len(files)} heads ({', '.join(files)}) and heads.yaml to {out}")
+        return
+    if level is None:
+        raise UsageError(f"--format {format} writes one level: give --level")
     level_id = resolve_level(level, allowed=opened.levels).id
-    n = write_extxyz(opened, level_id, out)
+    write = write_extxyz if format == "extxyz" else write_aselmdb
+    n = write(opened, level_id, out)
     typer.echo(f"wrote {n} structures at {level_id} to {out}")
 
 

@@ -6,6 +6,8 @@ a real file in ../shared/data, and converted through the real command line.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import ase.db
 import ase.io
 import numpy as np
@@ -116,3 +118,106 @@ def test_aselmdb_bad_input(tmp_path, bpa_frames):
         assert proc.stderr.startswith(f"mfdata: error: {path}: "), proc.stderr
         assert message in proc.stderr, proc.stderr
         assert "Traceback" not in proc.stderr
+
+
+def test_aselmdb_export_round_trip(tmp_path, bpa_frames):
+    """aselmdb -> store -> ``mfdata export --format aselmdb`` -> read back by ase-db-backends
+    as fairchem reads it (data merged into info): identical values."""
+    from ase_db_backends.aselmdb import LMDBDatabase
+
+    source = tmp_path / "bpa.aselmdb"
+    write_aselmdb(source, bpa_frames)
+    run_cli("convert", str(source), "--level", "omol25", "--out", str(tmp_path / "s"))
+    out = tmp_path / "export" / "bpa.aselmdb"
+    args = ("export", str(tmp_path / "s"), "--level", "omol25", "--format", "aselmdb")
+    proc = run_cli(*args, "--out", str(out))
+    assert f"wrote {N_FRAMES} structures at wb97mv-def2tzvpd" in proc.stdout
+    assert sorted(p.name for p in out.parent.iterdir()) == ["bpa.aselmdb"]
+    db = LMDBDatabase(out, readonly=True)
+    rows = [db.get(id=i) for i in db.ids]
+    assert len(rows) == N_FRAMES
+    for row, atoms in zip(rows, bpa_frames, strict=True):
+        info = row.toatoms().info | row.data
+        assert row.energy == atoms.get_potential_energy()
+        np.testing.assert_array_equal(row.forces, atoms.get_forces())
+        np.testing.assert_array_equal(row.positions, atoms.positions)
+        np.testing.assert_array_equal(row.numbers, atoms.numbers)
+        assert (info["charge"], info["spin"]) == (atoms.info["charge"], atoms.info["spin"])
+        assert info["level"] == "wb97mv-def2tzvpd"
+    db.close()
+    again = run_cli(
+        "export", str(tmp_path / "s"), "--format", "aselmdb", "--out", str(out), check=False
+    )
+    assert again.returncode == 2 and "give --level" in again.stderr
+
+
+# MACE's conventions, from its documentation and source (ACEsuit/mace): docs/guide/training.rst
+# ("Reference energies": isolated atoms carry config_type=IsolatedAtom in their info; "Data
+# keys"), docs/guide/multihead_training.rst (a config's ``heads:`` mapping, each head with
+# train_file, E0s, energy_key, forces_key) and mace/data/utils.py (DefaultKeys: REF_energy,
+# REF_forces, REF_stress, head). eV, eV/Å, as MACE's troubleshooting guide states.
+
+
+def test_mace_export_of_the_methanol_store(tmp_path):
+    import yaml
+
+    from mfdata.resources import example_file
+
+    store = Store(str(example_file("methanol-store")))
+    out = tmp_path / "mace"
+    proc = run_cli("export", str(store.path), "--format", "mace", "--out", str(out))
+    assert "wrote 3 heads" in proc.stdout
+    heads = yaml.safe_load((out / "heads.yaml").read_text())["heads"]
+    assert sorted(heads) == sorted(store.levels) and len(heads) == 3
+    s, _ = store.read()
+    start = s.atom_start
+    for level, head in heads.items():
+        assert head["energy_key"] == "REF_energy" and head["E0s"] == "average"
+        has_forces = (level, "forces") in s.labels
+        assert ("forces_key" in head) == has_forces
+        frames = ase.io.read(head["train_file"], index=":")
+        energy = s.labels[(level, "energy")]
+        rows = np.flatnonzero(energy.present)
+        assert len(frames) == len(rows)
+        for atoms, i in zip(frames, rows, strict=True):
+            assert atoms.info["head"] == level
+            assert atoms.info["REF_energy"] == energy.values[i]
+            np.testing.assert_allclose(
+                atoms.positions, s.positions[start[i] : start[i + 1]], atol=1e-8
+            )
+            if has_forces:
+                expected = s.labels[(level, "forces")].values[start[i] : start[i + 1]]
+                np.testing.assert_allclose(atoms.arrays["REF_forces"], expected, atol=1e-8, rtol=0)
+
+
+def test_mace_export_isolated_atoms(tmp_path, shared):
+    """A level whose manifest has isolated-atom energies: config_type=IsolatedAtom frames in its
+    head file, and the same energies as the head's E0s file (by atomic number)."""
+    import json
+
+    import yaml
+
+    source = shared / "mace_tutorial_solvent_xtb" / "solvent_train.xyz"
+    store = tmp_path / "solvent"
+    run_cli(
+        "convert",
+        str(source),
+        "--level",
+        "GFN2-xTB",
+        "--isolated-atoms",
+        "config_type=IsolatedAtom",
+        "--pbc",
+        "F",
+        "--out",
+        str(store),
+    )
+    run_cli("export", str(store), "--format", "mace", "--out", str(tmp_path / "mace"))
+    atom_energies = Store(store).manifest.levels["gfn2-xtb"].atom_energies
+    assert set(atom_energies) == {"H", "C", "O"}
+    head = yaml.safe_load((tmp_path / "mace" / "heads.yaml").read_text())["heads"]["gfn2-xtb"]
+    frames = ase.io.read(head["train_file"], index=":")
+    isolated = [a for a in frames if a.info.get("config_type") == "IsolatedAtom"]
+    assert {a.get_chemical_symbols()[0]: a.info["REF_energy"] for a in isolated} == atom_energies
+    assert all(a.info["head"] == "gfn2-xtb" for a in frames)
+    e0s = json.loads(Path(head["E0s"]).read_text())
+    assert e0s == {"1": atom_energies["H"], "6": atom_energies["C"], "8": atom_energies["O"]}
