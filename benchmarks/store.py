@@ -27,7 +27,6 @@ import json
 import os
 import platform
 import pstats
-import resource
 import shutil
 import subprocess
 import sys
@@ -134,25 +133,127 @@ def write_extxyz(path: Path, groups: list[dict[str, np.ndarray]], limit: int) ->
     return len(frames)
 
 
+def write_aselmdb(path: Path, groups: list[dict[str, np.ndarray]]) -> int:
+    """The wb97x_dz labels of ``groups`` as fairchem writes OMol25 (ase-db-backends' aselmdb:
+    calculator energy and forces in eV and eV/Å, charge, spin and data_id in the row's data)."""
+    from ase import Atoms
+    from ase.calculators.singlepoint import SinglePointCalculator
+    from ase_db_backends.aselmdb import LMDBDatabase
+
+    n = 0
+    with LMDBDatabase(path) as db:
+        for data in groups:
+            for c in range(len(data["coordinates"])):
+                atoms = Atoms(numbers=data["atomic_numbers"], positions=data["coordinates"][c])
+                atoms.calc = SinglePointCalculator(
+                    atoms,
+                    energy=float(data["wb97x_dz.energy"][c]) * HARTREE_EV,
+                    forces=data["wb97x_dz.forces"][c].astype(np.float64) * HARTREE_EV,
+                )
+                db.write(atoms, data={"charge": 0, "spin": 1, "data_id": f"s{n}"})
+                n += 1
+    Path(f"{path}-lock").unlink(missing_ok=True)
+    return n
+
+
+def take(groups: list[dict[str, np.ndarray]], n: int) -> list[dict[str, np.ndarray]]:
+    """The first ``n`` conformers of ``groups``, as groups."""
+    out = []
+    for data in groups:
+        if n <= 0:
+            break
+        k = min(n, len(data["coordinates"]))
+        out.append({key: v if key == "atomic_numbers" else v[:k] for key, v in data.items()})
+        n -= k
+    return out
+
+
+def aselmdb_case(work: Path, env: dict[str, str], n: int, n_files: int) -> dict:
+    """aselmdb conversion against the ANI HDF5 reader on the same ``n`` structures (one level:
+    energy and forces), per CPU-second; then the same structures as ``n_files`` small files (a
+    shard glob), whose peak memory should stay that of one file of ``n`` (flat in files)."""
+    groups = take(synthetic_groups(n, seed=2), n)
+    one_level = [
+        {k: g[k] for k in ("atomic_numbers", "coordinates", "wb97x_dz.energy", "wb97x_dz.forces")}
+        for g in groups
+    ]
+    h5 = work / "aselmdb_peer.h5"
+    write_ani_h5(h5, one_level)
+    one = work / "one.aselmdb"
+    write_aselmdb(one, one_level)
+    shards = work / "shards"
+    shards.mkdir(exist_ok=True)
+    conformers = [
+        {
+            **{k: g[k] for k in ("atomic_numbers",)},
+            **{k: g[k][c : c + 1] for k in g if k != "atomic_numbers"},
+        }
+        for g in one_level
+        for c in range(len(g["coordinates"]))
+    ]
+    per_file = -(-len(conformers) // n_files)
+    files = []
+    for k in range(0, len(conformers), per_file):
+        path = shards / f"data.{len(files):05d}.aselmdb"
+        write_aselmdb(path, conformers[k : k + per_file])
+        files.append(path)
+    log(f"aselmdb case: {n} structures written as HDF5, one aselmdb file, {len(files)} files")
+    startup = run_mfdata("levels", env=env)
+    runs = {
+        "hdf5_ani": run_mfdata("convert", h5, "--out", work / "asel_h5", env=env),
+        "aselmdb_one_file": run_mfdata(
+            "convert", one, "--level", "omol25", "--out", work / "asel_one", env=env
+        ),
+        f"aselmdb_{len(files)}_files": run_mfdata(
+            "convert", *files, "--level", "omol25", "--out", work / "asel_many", env=env
+        ),
+    }
+    out = {
+        "n_structures": n,
+        "n_files": len(files),
+        "cli_startup_cpu_s": round(startup["cpu_s"], 2),
+        "cli_startup_max_rss_mb": round(startup["max_rss_mb"]),
+    }
+    for name, t in runs.items():
+        out[name] = {
+            "wall_s": round(t["wall_s"], 2),
+            "cpu_s": round(t["cpu_s"], 2),
+            "structures_per_cpu_s": round(n / t["cpu_s"]),
+            "structures_per_cpu_s_without_startup": round(
+                n / max(1e-9, t["cpu_s"] - startup["cpu_s"])
+            ),
+            "max_rss_mb": round(t["max_rss_mb"]),
+        }
+    key = "structures_per_cpu_s_without_startup"
+    out["aselmdb_vs_hdf5_per_cpu_s"] = round(out["aselmdb_one_file"][key] / out["hdf5_ani"][key], 3)
+    return out
+
+
 # --------------------------------------------------------------------------- mfkit
 
 
 def run_mfdata(*args: object, env: dict[str, str]) -> dict[str, float]:
-    """Run the ``mfdata`` CLI; wall time and the child's CPU time."""
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    """Run the ``mfdata`` CLI; wall time, the child's CPU time and its peak resident memory."""
     start = time.perf_counter()
-    proc = subprocess.run(
-        [sys.executable, "-m", "mfdata.cli", *map(str, args)],
-        capture_output=True,
-        text=True,
-        env=env,
-    )
-    wall = time.perf_counter() - start
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    if proc.returncode != 0:
-        raise RuntimeError(f"mfdata {' '.join(map(str, args))} failed:\n{proc.stderr}")
-    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
-    return {"wall_s": wall, "cpu_s": cpu}
+    with tempfile.TemporaryFile() as err:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "mfdata.cli", *map(str, args)],
+            stdout=subprocess.DEVNULL,
+            stderr=err,
+            env=env,
+        )
+        _, status, usage = os.wait4(proc.pid, 0)
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        wall = time.perf_counter() - start
+        if proc.returncode != 0:
+            err.seek(0)
+            stderr = err.read().decode(errors="replace")
+            raise RuntimeError(f"mfdata {' '.join(map(str, args))} failed:\n{stderr}")
+    return {
+        "wall_s": wall,
+        "cpu_s": usage.ru_utime + usage.ru_stime,
+        "max_rss_mb": usage.ru_maxrss / 1024,  # Linux: KiB
+    }
 
 
 def profile_convert(source: Path, out: Path, top: int = 15) -> dict:
@@ -383,6 +484,13 @@ def main() -> None:
     parser.add_argument("--reads", type=int, help="random reads per reader")
     parser.add_argument("--workdir", type=Path, help="keep files here (default: a temp dir)")
     parser.add_argument("--no-profile", action="store_true", help="skip the in-process profile")
+    parser.add_argument(
+        "--only-aselmdb",
+        action="store_true",
+        help="only the aselmdb case (aselmdb vs HDF5 conversion, a glob of small files)",
+    )
+    parser.add_argument("--aselmdb-n", type=int, help="structures (default 100k; quick 2k)")
+    parser.add_argument("--aselmdb-files", type=int, help="small files (default 10k; quick 200)")
     args = parser.parse_args()
     n_big = args.n or (20_000 if args.quick else 1_000_000)
     n_peer = args.peers or (3_000 if args.quick else 100_000)
@@ -410,6 +518,13 @@ def main() -> None:
         "n_random_reads": n_reads,
     }
     try:
+        n_asel = args.aselmdb_n or (2_000 if args.quick else 100_000)
+        n_asel_files = args.aselmdb_files or (200 if args.quick else 10_000)
+        if args.only_aselmdb:
+            result = {"machine": result["machine"]}
+            result["aselmdb"] = aselmdb_case(work, env, n_asel, n_asel_files)
+            print(json.dumps(result))
+            return
         # ---------------------------------------------------------------- data
         t0 = time.perf_counter()
         groups = synthetic_groups(n_big, seed=0)
@@ -515,6 +630,10 @@ def main() -> None:
         result["lmdb_read_speedup_vs_ase_db"] = round(warm["mfkit_lmdb"] / warm["ase_db"], 1)
         log(f"reads/s (warm): {warm}")
         log(f"reads/s (first pass): {first}")
+
+        # ---------------------------------------------------------------- aselmdb
+        result["aselmdb"] = aselmdb_case(work, env, n_asel, n_asel_files)
+        log(f"aselmdb: {result['aselmdb']}")
 
         # ---------------------------------------------------------------- real files
         result["real_files"] = real_files(work, env)
