@@ -10,6 +10,7 @@ from pathlib import Path
 
 import ase.db
 import ase.io
+import ase.units
 import numpy as np
 import pytest
 from ase.calculators.singlepoint import SinglePointCalculator
@@ -221,3 +222,169 @@ def test_mace_export_isolated_atoms(tmp_path, shared):
     assert all(a.info["head"] == "gfn2-xtb" for a in frames)
     e0s = json.loads(Path(head["E0s"]).read_text())
     assert e0s == {"1": atom_energies["H"], "6": atom_energies["C"], "8": atom_energies["O"]}
+
+
+# ---------------------------------------------------------------------------------------------
+# Readers of catalogued layouts. Each test writes the smallest file of the published layout and
+# converts it with nothing but --catalog NAME.
+
+KCAL_MOL = ase.units.kcal / ase.units.mol
+
+
+def conformers(n: int, z: list[int], seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    base = np.array([[0.0, 0.0, 0.0], [1.1, 0.0, 0.0], [-0.4, 1.0, 0.0], [0.3, 0.2, 1.3]])
+    xyz = base[: len(z)] + rng.normal(0, 0.02, (n, len(z), 3))
+    return xyz, rng.normal(-1000, 1, n), rng.normal(0, 1, (n, len(z), 3))
+
+
+def write_rmd17(path, xyz, energy, forces, z) -> None:
+    """Layout of the revised MD17 release (figshare doi:10.6084/m9.figshare.12672038, readme):
+    nuclear_charges, coords (Å), energies (kcal/mol), forces (kcal/mol/Å), old_* arrays."""
+    np.savez(
+        path,
+        nuclear_charges=np.array(z),
+        coords=xyz,
+        energies=energy,
+        forces=forces,
+        old_indices=np.arange(len(xyz)),
+        old_energies=energy + 1.0,
+        old_forces=forces,
+    )
+
+
+def write_t1x(path, reactions) -> None:
+    """Layout of Transition1x (gitlab.com/matschreiner/Transition1x, dataloader.py): split ->
+    formula -> reaction with atomic_numbers, positions (Å), wB97x_6-31G(d).energy (eV) and
+    .forces (eV/Å), and reactant/product/transition_state subgroups in the same layout."""
+    import h5py
+
+    with h5py.File(path, "w") as f:
+        for split, formula, rxn, z, xyz, energy, forces in reactions:
+            group = f.require_group(f"{split}/{formula}/{rxn}")
+            group["atomic_numbers"] = np.array(z)
+            for target, rows in ((group, slice(1, None)), (group.create_group("reactant"), [0])):
+                target["positions"] = xyz[rows]
+                target["wB97x_6-31G(d).energy"] = energy[rows]
+                target["wB97x_6-31G(d).forces"] = forces[rows]
+                target["wB97x_6-31G(d).atomization_energy"] = energy[rows] + 900
+
+
+def write_qm7x(path, molecules) -> None:
+    """Layout of QM7-X (Hoja et al., Sci. Data 8, 43 (2021), Table 2; as openqdc reads it):
+    molecule -> conformer with atNUM, atXYZ (Å), ePBE0+MBD (eV, shape (1,)), totFOR (eV/Å),
+    vDIP and the other properties."""
+    import h5py
+
+    with h5py.File(path, "w") as f:
+        for molecule, z, xyz, energy, forces in molecules:
+            for c in range(len(xyz)):
+                group = f.create_group(f"{molecule}/Geom-m{molecule}-i1-c{c + 1}-opt")
+                group["atNUM"] = np.array(z)
+                group["atXYZ"] = xyz[c]
+                group["ePBE0+MBD"] = energy[c : c + 1]
+                group["totFOR"] = forces[c]
+                group["vDIP"] = np.zeros(3)
+
+
+def read_store(path):
+    s, _ = Store(path).read()
+    (level,) = {lvl for lvl, _ in s.labels}
+    return s, s.labels[(level, "energy")].values, s.labels[(level, "forces")].values, level
+
+
+def test_rmd17_end_to_end(tmp_path):
+    z = [6, 1, 1, 8]
+    xyz, energy, forces = conformers(5, z, seed=1)
+    write_rmd17(tmp_path / "rmd17_x.npz", xyz, energy, forces, z)
+    proc = run_cli(
+        "convert", str(tmp_path / "rmd17_x.npz"), "--catalog", "rmd17", "--out", str(tmp_path / "s")
+    )
+    assert "arrays not read: old_energies, old_forces, old_indices" in proc.stderr
+    s, e, f, level = read_store(tmp_path / "s")
+    assert level == "pbe-def2svp"
+    np.testing.assert_allclose(e, energy * KCAL_MOL, rtol=1e-12)
+    np.testing.assert_allclose(f, forces.reshape(-1, 3) * KCAL_MOL, rtol=1e-12)
+    np.testing.assert_array_equal(s.positions, xyz.reshape(-1, 3))
+    assert Store(tmp_path / "s").manifest.levels[level].labels["energy"].source_units == [
+        "kcal/mol"
+    ]
+
+
+def test_transition1x_end_to_end(tmp_path):
+    z = [6, 8, 1]
+    a, b = conformers(4, z, seed=2), conformers(3, z, seed=3)
+    write_t1x(
+        tmp_path / "t1x.h5",
+        [("train", "CHO", "rxn0001", z, *a), ("test", "CHO", "rxn0002", z, *b)]
+        + [("data", "CHO", "rxn0001", z, *a)],  # the all-data group repeats the splits
+    )
+    run_cli(
+        "convert",
+        str(tmp_path / "t1x.h5"),
+        "--catalog",
+        "transition1x",
+        "--out",
+        str(tmp_path / "s"),
+    )
+    s, e, f, level = read_store(tmp_path / "s")
+    assert level == "wb97x-631gd" and s.n_structures == 7 and s.group_names == ["CHO"]
+    order = [1, 2, 3, 0]  # each reaction's path, then its reactant
+    np.testing.assert_array_equal(e, np.concatenate([a[1][order], b[1][[1, 2, 0]]]))
+    expected = np.concatenate([a[2][order], b[2][[1, 2, 0]]]).reshape(-1, 3)
+    np.testing.assert_array_equal(f, expected)
+
+
+def test_qm7x_end_to_end(tmp_path):
+    z1, z2 = [6, 1, 1, 1], [8, 1, 1]
+    m1, m2 = conformers(3, z1, seed=4), conformers(2, z2, seed=5)
+    write_qm7x(tmp_path / "1000.hdf5", [("1", z1, *m1), ("2", z2, *m2)])
+    proc = run_cli(
+        "convert", str(tmp_path / "1000.hdf5"), "--catalog", "qm7-x", "--out", str(tmp_path / "s")
+    )
+    assert "properties not stored: vDIP" in proc.stderr
+    s, e, f, level = read_store(tmp_path / "s")
+    assert level == "pbe0-mbd" and s.group_names == ["1", "2"]
+    np.testing.assert_array_equal(e, np.concatenate([m1[1], m2[1]]))
+    np.testing.assert_array_equal(f, np.concatenate([m1[2].reshape(-1, 3), m2[2].reshape(-1, 3)]))
+
+
+def test_catalogued_readers_bad_input(tmp_path):
+    """Truncated, wrong type, NaN: one line naming the file and the record."""
+    import h5py
+
+    z = [6, 1, 1, 8]
+    xyz, energy, forces = conformers(3, z, seed=6)
+    cases = []
+    good = tmp_path / "good.npz"
+    write_rmd17(good, xyz, energy, forces, z)
+    truncated = tmp_path / "truncated.npz"
+    truncated.write_bytes(good.read_bytes()[:-200])
+    cases.append((truncated, "rmd17", "not an npz (zip) archive"))
+    nan = energy.copy()
+    nan[2] = np.nan
+    write_rmd17(tmp_path / "nan.npz", xyz, nan, forces, z)
+    cases.append((tmp_path / "nan.npz", "rmd17", "record 2: pbe-def2svp energy is NaN"))
+    write_t1x(tmp_path / "t1x.h5", [("train", "CH2O", "rxn1", z, xyz, energy, forces)])
+    with h5py.File(tmp_path / "t1x.h5", "a") as f:
+        del f["train/CH2O/rxn1/wB97x_6-31G(d).energy"]
+        f["train/CH2O/rxn1/wB97x_6-31G(d).energy"] = np.array([b"a", b"b"])
+    cases.append(
+        (
+            tmp_path / "t1x.h5",
+            "transition1x",
+            "train/CH2O/rxn1: wB97x_6-31G(d).energy: values have type",
+        )
+    )
+    nan_forces = forces.copy()
+    nan_forces[1, 2, 0] = np.nan
+    write_qm7x(tmp_path / "qm7x.hdf5", [("7", z, xyz, energy, nan_forces)])
+    cases.append(
+        (tmp_path / "qm7x.hdf5", "qm7-x", "7/Geom-m7-i1-c2-opt conformer 0: pbe0-mbd forces is NaN")
+    )
+    for path, catalog, message in cases:
+        out = tmp_path / f"store_{path.stem}"
+        proc = run_cli("convert", str(path), "--catalog", catalog, "--out", str(out), check=False)
+        assert proc.returncode == 2, proc.stderr
+        assert proc.stderr.startswith(f"mfdata: error: {path}: "), proc.stderr
+        assert message in proc.stderr, proc.stderr

@@ -31,8 +31,11 @@ from mfdata.readers._common import (
 )
 from mfdata.readers.ani import ANI2X_LEVEL, read_ani2x_h5, read_ani_h5
 from mfdata.readers.ase_io import ase_mappings, database_units, read_ase
+from mfdata.readers.qm7x import QM7X_LEVEL, is_qm7x, read_qm7x_h5
+from mfdata.readers.rmd17 import RMD17_LEVEL, is_rmd17, read_rmd17_npz
 from mfdata.readers.sgdml import read_sgdml_npz
 from mfdata.readers.spice import SPICE_LEVEL, read_spice_h5
+from mfdata.readers.transition1x import T1X_LEVEL, is_transition1x, read_transition1x_h5
 from mfdata.records import InvalidDataError, Source, validate
 from mfdata.units import same_unit
 
@@ -50,9 +53,12 @@ __all__ = [
     "read_ani2x_h5",
     "read_ani_h5",
     "read_ase",
+    "read_qm7x_h5",
+    "read_rmd17_npz",
     "read_sgdml_npz",
     "read_source",
     "read_spice_h5",
+    "read_transition1x_h5",
     "reader_spec",
 ]
 
@@ -172,6 +178,18 @@ def _read_spice(path: str, options: ReadOptions) -> Source:
     return read_spice_h5(path, options.level or SPICE_LEVEL)
 
 
+def _read_transition1x(path: str, options: ReadOptions) -> Source:
+    return read_transition1x_h5(path, options.level or T1X_LEVEL)
+
+
+def _read_qm7x(path: str, options: ReadOptions) -> Source:
+    return read_qm7x_h5(path, options.level or QM7X_LEVEL)
+
+
+def _read_rmd17(path: str, options: ReadOptions) -> Source:
+    return read_rmd17_npz(path, options.level or RMD17_LEVEL)
+
+
 def _read_sgdml(path: str, options: ReadOptions) -> Source:
     return read_sgdml_npz(path, options.level, options.units.get("E"), options.units.get("R"))
 
@@ -230,6 +248,33 @@ READERS: dict[str, ReaderSpec] = {
             suffixes=HDF5,
             recognise=_first_group_has("atomic_numbers", "conformations"),
             default_level=SPICE_LEVEL,
+            options=frozenset({"level"}),
+        ),
+        ReaderSpec(
+            name="transition1x",
+            read=_read_transition1x,
+            description="Transition1x HDF5",
+            suffixes=HDF5,
+            recognise=is_transition1x,
+            default_level=T1X_LEVEL,
+            options=frozenset({"level"}),
+        ),
+        ReaderSpec(
+            name="qm7x",
+            read=_read_qm7x,
+            description="QM7-X HDF5",
+            suffixes=HDF5,
+            recognise=is_qm7x,
+            default_level=QM7X_LEVEL,
+            options=frozenset({"level"}),
+        ),
+        ReaderSpec(
+            name="rmd17",
+            read=_read_rmd17,
+            description="revised MD17 npz",
+            suffixes=(".npz",),
+            recognise=is_rmd17,
+            default_level=RMD17_LEVEL,
             options=frozenset({"level"}),
         ),
         ReaderSpec(

@@ -6,7 +6,10 @@ Readers read through these helpers so that a damaged or malformed file becomes o
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import struct
+import zipfile
+import zlib
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -15,9 +18,9 @@ import numpy as np
 
 from mfdata.errors import UsageError
 from mfdata.levels import resolve_level
-from mfdata.records import InvalidDataError
-from mfdata.schema import PER_VOLUME, LabelKind, label_kind
-from mfdata.units import conversion_factor
+from mfdata.records import InvalidDataError, Label, Source, molecule_structures
+from mfdata.schema import LABEL_KINDS, PER_VOLUME, LabelKind, label_kind
+from mfdata.units import UnitError, conversion_factor
 
 
 @dataclass(frozen=True)
@@ -151,6 +154,12 @@ def h5_read(path: str, dataset: h5py.Dataset, where: str) -> np.ndarray:
         raise InvalidDataError(f"{path}: {where}: {name}: cannot be read: {exc}") from exc
 
 
+def h5_real(path: str, group: h5py.Group, key: str, where: str) -> np.ndarray:
+    """The dataset ``key`` of ``group`` as real numbers (see :func:`real_array`)."""
+    values = h5_read(path, h5_dataset(path, group, key, where), where)
+    return real_array(values, path, f"{where}: {key}")
+
+
 def h5_attr(path: str, dataset: h5py.Dataset, attr: str, where: str) -> object | None:
     try:
         return dataset.attrs.get(attr)
@@ -197,3 +206,118 @@ def atomic_numbers(values: np.ndarray, path: str, where: str) -> np.ndarray:
             "is not an element"
         )
     return values.astype(np.uint8)
+
+
+# What reading a damaged npz raises: zip structure, deflate stream, npy header, object arrays.
+NPZ_ERRORS = (
+    OSError,
+    ValueError,
+    EOFError,
+    KeyError,
+    RuntimeError,  # an encrypted member
+    NotImplementedError,  # an unsupported zip version or compression method
+    struct.error,
+    zipfile.BadZipFile,
+    zlib.error,
+)
+
+
+def npz_members(path: str) -> set[str]:
+    """The array names of an npz archive, from its zip index (nothing is loaded)."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return {name.removesuffix(".npy") for name in archive.namelist()}
+    except NPZ_ERRORS:
+        return set()
+
+
+def load_npz(path: str, keys: Iterable[str], what: str) -> dict[str, np.ndarray]:
+    """The arrays ``keys`` of the npz at ``path`` (those it has), without unpickling anything:
+    an object array, which would unpickle and so could run code, is refused."""
+    if not zipfile.is_zipfile(path):
+        raise InvalidDataError(f"{path}: not an npz (zip) archive")
+    try:
+        data = np.load(path, allow_pickle=False)
+    except NPZ_ERRORS as exc:
+        raise InvalidDataError(f"{path}: cannot be read as {what}: {exc}") from exc
+    if not isinstance(data, np.lib.npyio.NpzFile):
+        raise InvalidDataError(f"{path}: not an npz archive (a single array)")
+    arrays = {}
+    with data:
+        for name in keys:
+            if name not in data.files:
+                continue
+            try:
+                arrays[name] = np.asarray(data[name])
+            except NPZ_ERRORS as exc:
+                raise InvalidDataError(f"{path}: array {name!r}: cannot be read: {exc}") from exc
+    return arrays
+
+
+class ConformerBlocks:
+    """Blocks of conformers of one molecule each (an HDF5 group), gathered while a file is read
+    and joined into one columnar :class:`Source` at the end."""
+
+    def __init__(self) -> None:
+        self.numbers: list[np.ndarray] = []
+        self.positions: list[np.ndarray] = []
+        self.n_atoms: list[np.ndarray] = []
+        self.labels: dict[str, list[np.ndarray]] = {}
+        self.group: list[np.ndarray] = []
+        self.names: list[str] = []  # one per block, for messages
+        self.groups: dict[str, int] = {}
+
+    def add(
+        self, name: str, group: str, z: np.ndarray, xyz: np.ndarray, **labels: np.ndarray
+    ) -> None:
+        """Conformers ``xyz`` (conformers, atoms, 3) of atoms ``z``, with labels by kind (one
+        value or one row per atom per conformer), named ``name`` in messages."""
+        c = len(xyz)
+        self.numbers.append(np.tile(z, c))
+        self.positions.append(xyz.reshape(-1, 3))
+        self.n_atoms.append(np.full(c, len(z)))
+        for kind, values in labels.items():
+            per_atom = LABEL_KINDS[kind].per == "atom"
+            self.labels.setdefault(kind, []).append(
+                values.reshape(c * len(z), -1) if per_atom else values.reshape(c, -1)
+            )
+        self.group.append(np.full(c, self.groups.setdefault(group, len(self.groups))))
+        self.names.append(name)
+
+    def source(
+        self, path: str, reader: str, level_id: str, units: dict[str, str], keys: dict[str, str]
+    ) -> Source:
+        """The blocks as one source at ``level_id``; ``units`` and ``keys`` by label kind."""
+        structures = molecule_structures(
+            np.concatenate(self.numbers),
+            np.concatenate(self.positions),
+            np.concatenate(self.n_atoms),
+            group=np.concatenate(self.group),
+            group_names=list(self.groups),
+        )
+        n = structures.n_structures
+        for kind, values in self.labels.items():
+            label = LABEL_KINDS[kind]
+            try:
+                factor = conversion_factor(units[kind], label.dimension)
+            except UnitError as exc:
+                raise InvalidDataError(f"{path}: {kind}: {exc}") from exc
+            joined = np.concatenate(values).astype(np.float64) * factor
+            rows = len(joined)
+            structures.labels[(level_id, kind)] = Label(
+                joined.reshape(rows, *label.shape), np.ones(n, bool)
+            )
+        start = np.cumsum([0, *(len(n_block) for n_block in self.n_atoms)])
+
+        def describe(i: int) -> str:
+            b = int(np.searchsorted(start, i, side="right") - 1)
+            return f"{self.names[b]} conformer {i - start[b]}"
+
+        return Source(
+            path=path,
+            reader=reader,
+            structures=structures,
+            source_units={(level_id, kind): units[kind] for kind in self.labels},
+            describe=describe,
+            keys={(level_id, kind): keys[kind] for kind in self.labels},
+        )

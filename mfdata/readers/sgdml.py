@@ -8,55 +8,15 @@ run code) is refused, never loaded.
 
 from __future__ import annotations
 
-import struct
-import zipfile
-import zlib
-
 import numpy as np
 
 from mfdata.levels import UnknownLevelError, resolve_level
-from mfdata.readers._common import KeyMapping, atomic_numbers, real_array
+from mfdata.readers._common import KeyMapping, atomic_numbers, load_npz, real_array
 from mfdata.records import InvalidDataError, Label, Source, molecule_structures
 from mfdata.units import UnitError, conversion_factor
 
-# What reading a damaged npz raises: zip structure, deflate stream, npy header, object arrays.
-_NPZ_ERRORS = (
-    OSError,
-    ValueError,
-    EOFError,
-    KeyError,
-    RuntimeError,  # an encrypted member
-    NotImplementedError,  # an unsupported zip version or compression method
-    struct.error,
-    zipfile.BadZipFile,
-    zlib.error,
-)
-
-
 # The members the reader uses; others (sGDML's md5, perms, name...) are never loaded.
 _KEYS = ("R", "z", "E", "F", "r_unit", "e_unit", "theory")
-
-
-def _load(path: str) -> dict[str, np.ndarray]:
-    """The arrays of the npz at ``path`` that the reader uses, without unpickling anything."""
-    if not zipfile.is_zipfile(path):
-        raise InvalidDataError(f"{path}: not an npz (zip) archive")
-    try:
-        data = np.load(path, allow_pickle=False)
-    except _NPZ_ERRORS as exc:
-        raise InvalidDataError(f"{path}: cannot be read as an sGDML npz: {exc}") from exc
-    if not isinstance(data, np.lib.npyio.NpzFile):
-        raise InvalidDataError(f"{path}: not an npz archive (a single array)")
-    arrays = {}
-    with data:
-        for name in _KEYS:
-            if name not in data.files:
-                continue
-            try:
-                arrays[name] = np.asarray(data[name])
-            except _NPZ_ERRORS as exc:
-                raise InvalidDataError(f"{path}: array {name!r}: cannot be read: {exc}") from exc
-    return arrays
 
 
 def _text(path: str, arrays: dict[str, np.ndarray], key: str) -> str | None:
@@ -80,7 +40,7 @@ def read_sgdml_npz(
 ) -> Source:
     """Energies and forces of an sGDML dataset; arguments override what the file states."""
     level_id = resolve_level(level).id if level is not None else None
-    arrays = _load(path)
+    arrays = load_npz(path, _KEYS, "an sGDML npz")
     for key in ("R", "z", "E"):
         if key not in arrays:
             raise InvalidDataError(f"{path}: sGDML npz has no {key!r} array")
@@ -104,22 +64,50 @@ def read_sgdml_npz(
                 f"{path}: level of theory {theory!r} from the file is not known; state it with "
                 "--level"
             ) from exc
-    if arrays["z"].ndim != 1:
-        raise InvalidDataError(f"{path}: z has shape {arrays['z'].shape}, expected (atoms,)")
-    z = atomic_numbers(arrays["z"], path, "z")
-    xyz = real_array(arrays["R"], path, "R")
-    energy = real_array(arrays["E"], path, "E")
+    return conformers_source(
+        path,
+        "sgdml",
+        arrays,
+        names={"z": "z", "R": "R", "E": "E", "F": "F"},
+        level_id=level_id,
+        energy_unit=energy_unit,
+        length_unit=length_unit,
+    )
+
+
+def conformers_source(
+    path: str,
+    reader: str,
+    arrays: dict[str, np.ndarray],
+    names: dict[str, str],
+    level_id: str,
+    energy_unit: str,
+    length_unit: str,
+) -> Source:
+    """The conformers of one molecule (atomic numbers ``z``, geometries ``R``, energies ``E``,
+    forces ``F`` optional; ``names``: each one's key in the file, for messages and the
+    manifest) checked and in canonical units; forces are in ``energy_unit/length_unit``."""
+    z_key, r_key, e_key, f_key = names["z"], names["R"], names["E"], names["F"]
+    if arrays[z_key].ndim != 1:
+        raise InvalidDataError(
+            f"{path}: {z_key} has shape {arrays[z_key].shape}, expected (atoms,)"
+        )
+    z = atomic_numbers(arrays[z_key], path, z_key)
+    xyz = real_array(arrays[r_key], path, r_key)
+    energy = real_array(arrays[e_key], path, e_key)
     c = xyz.shape[0] if xyz.ndim else 0
     if xyz.shape != (c, len(z), 3) or energy.shape not in ((c,), (c, 1)):
         raise InvalidDataError(
-            f"{path}: shapes disagree: z {z.shape}, R {xyz.shape} (expected ({c}, {len(z)}, 3)), "
-            f"E {energy.shape} (expected ({c},) or ({c}, 1))"
+            f"{path}: shapes disagree: {z_key} {z.shape}, {r_key} {xyz.shape} (expected "
+            f"({c}, {len(z)}, 3)), {e_key} {energy.shape} (expected ({c},) or ({c}, 1))"
         )
     forces = None
-    if "F" in arrays:
-        forces = real_array(arrays["F"], path, "F")
+    if f_key in arrays:
+        forces = real_array(arrays[f_key], path, f_key)
         if forces.shape != xyz.shape:
-            raise InvalidDataError(f"{path}: F has shape {forces.shape}, not {xyz.shape} like R")
+            raise InvalidDataError(
+                f"{path}: {f_key} has shape {forces.shape}, not {xyz.shape} like {r_key}"
+            )
     force_unit = f"{energy_unit}/{length_unit}"
     try:
         structures = molecule_structures(
@@ -127,14 +115,20 @@ def read_sgdml_npz(
             xyz.reshape(-1, 3) * conversion_factor(length_unit, "length"),
             np.full(c, len(z)),
         )
-        e = KeyMapping("E", level_id, "energy", energy_unit).convert(energy.reshape(-1))
+        e = KeyMapping(e_key, level_id, "energy", energy_unit).convert(energy.reshape(-1))
         units = {(level_id, "energy"): energy_unit}
         structures.labels[(level_id, "energy")] = Label(e, np.ones(c, bool))
         if forces is not None:
-            f = KeyMapping("F", level_id, "forces", force_unit).convert(forces.reshape(-1, 3))
+            f = KeyMapping(f_key, level_id, "forces", force_unit).convert(forces.reshape(-1, 3))
             structures.labels[(level_id, "forces")] = Label(f, np.ones(c, bool))
             units[(level_id, "forces")] = force_unit
     except UnitError as exc:
         raise InvalidDataError(f"{path}: {exc}") from exc
-    keys = {(level_id, "energy"): "E", (level_id, "forces"): "F"}
-    return Source(path=path, reader="sgdml", structures=structures, source_units=units, keys=keys)
+    keys = {(level_id, "energy"): e_key, (level_id, "forces"): f_key}
+    return Source(
+        path=path,
+        reader=reader,
+        structures=structures,
+        source_units=units,
+        keys=keys,
+    )
