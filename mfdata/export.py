@@ -2,7 +2,8 @@
 multi-head extxyz with its ``heads`` configuration.
 
 Every format gets the same frames: the structures with an energy, forces or stress at a level,
-those labels in eV, eV/Å and eV/Å³, and the structure's charge and multiplicity where stated.
+those labels in eV, eV/Å and eV/Å³, the level's dipoles (e·Å) and partial charges (e) where
+present, and the structure's charge and multiplicity where stated.
 """
 
 from __future__ import annotations
@@ -21,10 +22,19 @@ from ase.stress import full_3x3_to_voigt_6_stress
 from mfdata.errors import UsageError
 from mfdata.files import atomic_file, atomic_write_text
 from mfdata.records import Structures
+from mfdata.schema import LABEL_KINDS
 from mfdata.store.store import Store
 
-# MACE's default keys (mace.data.utils.DefaultKeys) and its marker of isolated atoms.
-MACE_KEYS = {"energy": "REF_energy", "forces": "REF_forces", "stress": "REF_stress"}
+# MACE's default keys (mace.data.utils.DefaultKeys; the dipole under a REF_ name, since ASE reads
+# an extxyz ``dipole`` as a calculator result) and its marker of isolated atoms.
+MACE_KEYS = {
+    "energy": "REF_energy",
+    "forces": "REF_forces",
+    "stress": "REF_stress",
+    "dipole": "REF_dipole",
+    "charges": "REF_charges",
+}
+EXPORTED = tuple(MACE_KEYS)  # the label kinds every format writes, in this order
 MACE_HEAD_KEY = "head"
 MACE_ISOLATED = {"config_type": "IsolatedAtom"}
 HEADS_FILE = "heads.yaml"
@@ -53,15 +63,16 @@ def level_frames(s: Structures, level: str) -> Iterator[tuple[Atoms, dict[str, n
         if s.multiplicity[i]:
             atoms.info["spin"] = int(s.multiplicity[i])
         values = {}
-        for kind in ("energy", "forces", "stress"):
+        for kind in EXPORTED:
             if kind in labels and labels[kind].present[i]:
-                rows = atoms_slice if kind == "forces" else i
+                rows = atoms_slice if LABEL_KINDS[kind].per == "atom" else i
                 values[kind] = np.asarray(labels[kind].values[rows], dtype=np.float64)
         yield atoms, values
 
 
 def _with_results(atoms: Atoms, values: dict[str, np.ndarray]) -> Atoms:
-    """``atoms`` with the labels as calculator results (ASE's keys; stress in Voigt order)."""
+    """``atoms`` with the labels as calculator results (ASE's keys, all of them ASE properties;
+    stress in Voigt order)."""
     results = dict(values)
     if "energy" in results:
         results["energy"] = float(results["energy"])
@@ -146,7 +157,7 @@ def write_mace(store: Store, out: str | Path) -> dict[str, Path]:
 def _mace_frame(atoms: Atoms, values: dict[str, np.ndarray], level: str) -> Atoms:
     atoms.info = {MACE_HEAD_KEY: level, "total_charge": atoms.info["charge"]}
     for kind, value in values.items():
-        if kind == "forces":
+        if LABEL_KINDS[kind].per == "atom":
             atoms.arrays[MACE_KEYS[kind]] = value
         else:
             atoms.info[MACE_KEYS[kind]] = float(value) if kind == "energy" else value

@@ -227,8 +227,10 @@ def test_binary_layout_as_documented(stores):
         label = s.labels[(column["level"], column["label"])]
         assert bool(mask >> j & 1) == bool(label.present[i])
         if column["per"] == "structure" and label.present[i]:
-            assert np.frombuffer(value, "<f8", 1, offset)[0] == label.values[i]
-            offset += 8
+            size = int(np.prod(column["shape"]))
+            stored = np.frombuffer(value, "<f8", size, offset)
+            np.testing.assert_array_equal(stored, np.ravel(label.values[i]))
+            offset += 8 * size
     atoms = slice(s.atom_start[i], s.atom_start[i + 1])
     names = {c["name"]: c for c in layout["labels"]}
     for name in layout["atom_order"]:
@@ -238,8 +240,8 @@ def test_binary_layout_as_documented(stores):
             dtype = names[name]["dtype"]
             want = s.labels[tuple(name.split("/"))].values[atoms]
         assert offset % np.dtype(dtype).itemsize == 0, "buffers are naturally aligned"
-        np.testing.assert_array_equal(np.frombuffer(value, dtype, 3 * n, offset), want.ravel())
-        offset += 3 * n * np.dtype(dtype).itemsize
+        np.testing.assert_array_equal(np.frombuffer(value, dtype, want.size, offset), want.ravel())
+        offset += want.size * np.dtype(dtype).itemsize
     np.testing.assert_array_equal(np.frombuffer(value, np.uint8, n, offset), s.numbers[atoms])
     offset += n
     assert zlib.crc32(value[:offset], i) == int.from_bytes(value[offset:], "little")

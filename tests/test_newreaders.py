@@ -388,3 +388,30 @@ def test_catalogued_readers_bad_input(tmp_path):
         assert proc.returncode == 2, proc.stderr
         assert proc.stderr.startswith(f"mfdata: error: {path}: "), proc.stderr
         assert message in proc.stderr, proc.stderr
+
+
+def test_ani1x_dipoles_and_charges(tmp_path, shared):
+    """The ANI-1x release's dipoles (e·Å) and ωB97X/def2-TZVPP MBIS charges (e), units as the
+    release's paper states them (Smith et al., Sci. Data 7, 134 (2020), Table 2): stored,
+    queryable with --has, and exported."""
+    import h5py
+
+    source = shared / "modelforge_testdata" / "ani1_n5.hdf5"
+    run_cli("convert", str(source), "--out", str(tmp_path / "s"))
+    s, _ = Store(tmp_path / "s").read()
+    with h5py.File(source) as f:
+        groups = [f[name] for name in f]
+        dipole = np.concatenate([g["wb97x_dz.dipole"][()] for g in groups])
+        charges = np.concatenate([g["wb97x_tz.mbis_charges"][()].reshape(-1) for g in groups])
+    stored = s.labels[("wb97x-631gd", "dipole")]
+    np.testing.assert_array_equal(stored.present, ~np.isnan(dipole).all(axis=1))
+    np.testing.assert_array_equal(stored.values[stored.present], dipole[stored.present])
+    np.testing.assert_array_equal(s.labels[("wb97x-def2tzvpp", "charges")].values, charges)
+    assert ("wb97x-631gd", "charges") not in s.labels  # CM5 and Hirshfeld: two models, one label
+    proc = run_cli("query", str(tmp_path / "s"), "--has", "wb97x_dz:dipole")
+    assert f"{int(stored.present.sum())} of {s.n_structures} structures" in proc.stdout
+    out = tmp_path / "dz.xyz"
+    run_cli("export", str(tmp_path / "s"), "--level", "wb97x_dz", "--out", str(out))
+    frames = ase.io.read(out, index=":")
+    with_dipole = [a.calc.results["dipole"] for a in frames if "dipole" in a.calc.results]
+    np.testing.assert_allclose(with_dipole, dipole[stored.present], rtol=1e-6)

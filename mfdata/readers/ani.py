@@ -1,10 +1,13 @@
 """The ANI HDF5 release formats.
 
 ANI-1x / ANI-1ccx: one group per formula with ``atomic_numbers`` (atoms,), ``coordinates``
-(conformers, atoms, 3) in Å, and ``<level>.<property>`` datasets in Hartree (energies) and
-Hartree/Å (forces); NaN marks a label a conformer lacks. Correlation energies
+(conformers, atoms, 3) in Å, and ``<level>.<property>`` datasets in Hartree (energies),
+Hartree/Å (forces), e·Å (dipoles) and e (charges), as the release's paper (Smith et al., Sci.
+Data 7, 134, Table 2) states; NaN marks a label a conformer lacks. Correlation energies
 (``mp2_dz.corr_energy``) are added to the HF energy of the same basis (``hf_dz.energy``) to make
-a total energy at their own level.
+a total energy at their own level. A level holds one charges label: ωB97X/def2-TZVPP's MBIS
+charges are stored; ωB97X/6-31G(d) has two charge models (CM5, Hirshfeld) and neither is stored
+(the store keeps one ``charges`` per level), nor are quadrupoles and higher MBIS moments.
 
 ANI-2x: one group per atom count with ``species`` (conformers, atoms) atomic numbers,
 ``coordinates``, ``energies`` and ``forces``; the file does not name its level, so the reader takes
@@ -43,6 +46,20 @@ from mfdata.units import conversion_factor
 ANI2X_LEVEL = "wb97x-631gd"  # the release's level; the file does not name it
 HARTREE = "Hartree"
 HARTREE_PER_ANGSTROM = "Hartree/Å"
+# The label kind each stored property becomes, and the unit the release gives it in.
+PROPERTY_KINDS = {
+    "energy": "energy",
+    "corr_energy": "energy",
+    "forces": "forces",
+    "dipole": "dipole",
+    "mbis_charges": "charges",
+}
+SOURCE_UNITS = {
+    "energy": HARTREE,
+    "forces": HARTREE_PER_ANGSTROM,
+    "dipole": "e*Å",
+    "charges": "e",
+}
 
 # Correlation-energy levels and the HF energy of the same basis they are added to.
 _HF_FOR_BASIS = {"dz": "hf_dz", "tz": "hf_tz", "qz": "hf_qz"}
@@ -59,13 +76,13 @@ def _ani1x_labels(
     by_name = {h5_name(key): key for key in h5_keys(path, group, where)}
     for name, key in by_name.items():
         alias, _, prop = name.partition(".")
-        if prop not in ("energy", "forces", "corr_energy"):
+        if prop not in PROPERTY_KINDS:
             continue
         try:
             level_id = resolve_level(alias).id
         except UnknownLevelError as exc:
             raise InvalidDataError(f"{path}: {where}: dataset {name}: {exc}") from exc
-        kind = "forces" if prop == "forces" else "energy"
+        kind = PROPERTY_KINDS[prop]
         values = _label_values(path, group, key, where, kind, n_conformers, n_atoms)
         if prop == "corr_energy":
             hf = _HF_FOR_BASIS.get(alias.rpartition("_")[2])
@@ -93,7 +110,8 @@ def _label_values(
 ) -> np.ndarray:
     values = h5_read(path, h5_dataset(path, group, key, where), where)
     values = real_array(values, path, f"{where}: {h5_name(key)}")
-    expected = (n_conformers, n_atoms, 3) if kind == "forces" else (n_conformers,)
+    label = LABEL_KINDS[kind]
+    expected = (n_conformers, *((n_atoms,) if label.per == "atom" else ()), *label.shape)
     if values.shape != expected:
         raise InvalidDataError(
             f"{path}: {where}: {h5_name(key)} has shape {values.shape}, expected {expected} "
@@ -109,11 +127,7 @@ def ignored_ani1x_keys(path: str) -> list[str]:
             h5_name(n) for name, g in h5_groups(path, f) for n in h5_keys(path, g, f"group {name}")
         }
     used = {"atomic_numbers", "coordinates"}
-    return sorted(
-        n
-        for n in names
-        if n not in used and n.partition(".")[2] not in ("energy", "forces", "corr_energy")
-    )
+    return sorted(n for n in names if n not in used and n.partition(".")[2] not in PROPERTY_KINDS)
 
 
 def _coordinates(path: str, group: h5py.Group, where: str, n_atoms: int) -> np.ndarray:
@@ -153,10 +167,11 @@ def read_ani_h5(path: str) -> Source:
     raw: dict[tuple[str, str], list[np.ndarray]] = {}
     for key in sorted({k for labels in group_labels for k in labels}):
         per_atom = LABEL_KINDS[key[1]].per == "atom"
+        shape = LABEL_KINDS[key[1]].shape
         raw[key] = [
-            labels[key].reshape(-1, 3)
+            labels[key].reshape(-1, *shape)
             if key in labels and per_atom
-            else labels.get(key, np.full((len(z_all), 3) if per_atom else len(n), np.nan))
+            else labels.get(key, np.full((len(z_all) if per_atom else len(n), *shape), np.nan))
             for labels, z_all, n in zip(group_labels, numbers, n_atoms, strict=True)
         ]
     structures = molecule_structures(
@@ -172,30 +187,27 @@ def read_ani_h5(path: str) -> Source:
         path=path,
         reader="ani1x",
         structures=structures,
-        source_units={
-            k: HARTREE if k[1] == "energy" else HARTREE_PER_ANGSTROM for k in structures.labels
-        },
+        source_units={k: SOURCE_UNITS[k[1]] for k in structures.labels},
         describe=lambda i: conformer_name(names, start, i),
     )
 
 
 def _attach_labels(s: Structures, raw: dict[tuple[str, str], list[np.ndarray]]) -> None:
-    """Convert Hartree and Hartree/Å to eV and eV/Å; an all-NaN label is absent.
+    """Convert the release's units to canonical ones; an all-NaN label is absent.
 
     A label no structure has is left out rather than stored with a count of zero.
     """
     for key, lists in raw.items():
         kind = LABEL_KINDS[key[1]]
         values = np.concatenate(lists)  # a fresh array: scaled in place below
-        if kind.name == "energy":
+        if kind.per == "structure":  # energies and dipoles: float64, as stores keep them
             values = values.astype(np.float64, copy=False)
-        values *= conversion_factor(
-            HARTREE if kind.name == "energy" else HARTREE_PER_ANGSTROM, kind.dimension
-        )
+        values *= conversion_factor(SOURCE_UNITS[kind.name], kind.dimension)
+        missing = np.isnan(values).reshape(len(values), -1).all(axis=1)
         if kind.per == "atom":
-            present = np.logical_or.reduceat(~np.isnan(values).all(axis=1), s.atom_start[:-1])
+            present = np.logical_or.reduceat(~missing, s.atom_start[:-1])
         else:
-            present = ~np.isnan(values)
+            present = ~missing
         if present.any():
             s.labels[key] = Label(values, present)
 
