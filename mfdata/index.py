@@ -16,8 +16,20 @@ import zarr
 from zarr.codecs import BloscCodec
 
 from mfdata.records import InvalidDataError, LabelKey, Structures
+from mfdata.schema import DatasetManifest
+from mfdata.store.zarr_store import CorruptArrayError, read_verified, reading_zarr
 
 MAX_LABEL_COLUMNS = 64
+_ARRAYS = {  # field -> array in the store's group
+    "n_atoms": "structures/n_atoms",
+    "elements": "index/elements",
+    "labels": "index/labels",
+    "charge": "structures/charge",
+    "multiplicity": "structures/multiplicity",
+    "group": "structures/group",
+    "source": "structures/source",
+    "hash": "structures/hash",
+}
 
 
 @dataclass
@@ -75,20 +87,21 @@ class StructureIndex:
         return arrays
 
     @classmethod
-    def read(cls, zarr_path: str) -> StructureIndex:
-        root = zarr.open_group(zarr_path, mode="r", zarr_format=3)
-        labels = root["index/labels"]
-        return cls(
-            n_atoms=root["structures/n_atoms"][...],
-            elements=root["index/elements"][...],
-            labels=labels[...],
-            label_columns=[tuple(c) for c in labels.attrs["columns"]],
-            charge=root["structures/charge"][...],
-            multiplicity=root["structures/multiplicity"][...],
-            group=root["structures/group"][...],
-            source=root["structures/source"][...],
-            hash=root["structures/hash"][...],
-        )
+    def read(cls, zarr_path: str, manifest: DatasetManifest, where: object) -> StructureIndex:
+        """The index of the store at ``where``: its arrays checked against the manifest's
+        checksums and its label columns against the manifest's labels, so a query never runs
+        on damaged data."""
+        arrays = read_verified(zarr_path, list(_ARRAYS.values()), manifest, where)
+        with reading_zarr(where):
+            root = zarr.open_group(zarr_path, mode="r", zarr_format=3)
+            columns = [(str(a), str(b)) for a, b in root["index/labels"].attrs["columns"]]
+        labels = sorted((level, kind) for level, s in manifest.levels.items() for kind in s.labels)
+        if columns != labels:
+            raise CorruptArrayError(
+                f"{where}: the index's label columns {columns} are not the manifest's labels; "
+                f"run `mfdata verify {where}`"
+            )
+        return cls(label_columns=columns, **{f: arrays[name] for f, name in _ARRAYS.items()})
 
     def label_bit(self, level: str, label: str) -> np.uint64 | None:
         """The presence bit of (level, label), or None when no structure has it."""

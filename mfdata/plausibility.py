@@ -25,7 +25,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import zarr
 from ase.units import Hartree
 
 from mfdata.records import InvalidDataError, Label, LabelKey, Source, Structures
@@ -38,6 +37,7 @@ from mfdata.stats import (
     store_statistics,
 )
 from mfdata.store.store import Store
+from mfdata.store.zarr_store import read_verified
 from mfdata.units import UnitError, parse_unit
 
 MAX_FORCE_RMS = 10.0  # eV/Å
@@ -225,14 +225,14 @@ def _where(finding: Finding, sources: Sequence[Source]) -> str:
 def store_findings(store: Store, statistics: StoreStatistics) -> list[str]:
     """The findings on a store as messages naming it (force RMS from ``statistics``, energies
     read from the store)."""
-    root = zarr.open_group(store.zarr_path, mode="r", zarr_format=3)
-    comp = composition(root["atoms/numbers"][...], root["structures/n_atoms"][...])
+    levels = [level for level, s in store.manifest.levels.items() if "energy" in s.labels]
+    names = ["atoms/numbers", "structures/n_atoms"]
+    names += [f"labels/{level}/energy/{part}" for level in levels for part in ("values", "present")]
+    a = read_verified(store.zarr_path, names, store.manifest, store.path)
+    comp = composition(a["atoms/numbers"], a["structures/n_atoms"])
     energies = {
-        level: Label(
-            root[f"labels/{level}/energy/values"][...], root[f"labels/{level}/energy/present"][...]
-        )
-        for level, summary in store.manifest.levels.items()
-        if "energy" in summary.labels
+        level: Label(a[f"labels/{level}/energy/values"], a[f"labels/{level}/energy/present"])
+        for level in levels
     }
     force_rms = {
         level: s.force_rms for level, s in statistics.levels.items() if s.force_rms is not None

@@ -99,7 +99,7 @@ def select(stores: list[Store], spec: QuerySpec) -> Selection:
     """Run ``spec`` on every store and record the result with the stores' checksums."""
     chosen = []
     for store in stores:
-        index = StructureIndex.read(store.zarr_path)
+        index = StructureIndex.read(store.zarr_path, store.manifest, store.path)
         sources = None if spec.source is None else source_ids(store, spec.source)
         indices = np.flatnonzero(query_mask(index, spec, sources))
         chosen.append(

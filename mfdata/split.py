@@ -34,19 +34,25 @@ from mfdata.store.split_group import (
     split_checksum,
 )
 from mfdata.store.store import Store, atomic_directory
+from mfdata.store.zarr_store import read_verified, reading_zarr
 
 PART_NAMES = {2: ["train", "test"], 3: ["train", "val", "test"]}
 
 
+def _read(store: Store, names: list[str]) -> dict[str, np.ndarray]:
+    return read_verified(store.zarr_path, names, store.manifest, store.path)
+
+
 def split_units(store: Store, by: str) -> np.ndarray | None:
     """The unit id of every structure: its group or its formula; None when by structure."""
-    root = zarr.open_group(store.zarr_path, mode="r", zarr_format=3)
     if by == "structure":
         return None
     if by == "group":
-        return root["structures/group"][...].astype(np.int64)
+        names = ["structures/group"]
+        return _read(store, names)["structures/group"].astype(np.int64)
     if by == "formula":
-        composition = formula_key(root["atoms/numbers"][...], root["structures/n_atoms"][...])
+        a = _read(store, ["atoms/numbers", "structures/n_atoms"])
+        composition = formula_key(a["atoms/numbers"], a["structures/n_atoms"])
         return np.unique(composition, return_inverse=True)[1].reshape(-1)
     raise UsageError(f"--by {by!r}: expected structure, group or formula")
 
@@ -151,8 +157,9 @@ def read_split(store: Store, name: str) -> tuple[SplitInfo, np.ndarray, np.ndarr
     """A saved split (checked): its info, the part of each structure, the training-subset
     order."""
     check_saved(store.manifest, name, store.path)
-    group = zarr.open_group(str(store.path / SPLITS_DIR / name), mode="r", zarr_format=3)
-    return read_split_group(store.manifest, name, group, store.path)
+    with reading_zarr(store.path, f"split {name!r}"):
+        group = zarr.open_group(str(store.path / SPLITS_DIR / name), mode="r", zarr_format=3)
+        return read_split_group(store.manifest, name, group, store.path)
 
 
 def split_indices(store: Store, name: str, part: str, subset: int | None = None) -> np.ndarray:

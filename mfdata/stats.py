@@ -32,7 +32,7 @@ from mfdata.store.zarr_store import (
     StreamChecksum,
     array_checksum,
     check_checksums,
-    read_array,
+    reading_zarr,
 )
 
 # Structures per block when counting compositions: bounds the per-atom index array's memory.
@@ -275,37 +275,38 @@ def compute_statistics(
 def store_statistics(store: Store) -> StoreStatistics:
     """Statistics of a store, reading only atomic numbers, energies and (streamed) forces,
     each checked against the manifest's checksums (one sha256 pass over the bytes read)."""
-    root = zarr.open_group(store.zarr_path, mode="r", zarr_format=3)
-    read = {n: read_array(root, n, store.path) for n in ("atoms/numbers", "structures/n_atoms")}
     energies: dict[str, Label] = {}
     forces: dict[str, tuple[float, int, int]] = {}
-    labels = dict(root["labels"].groups()) if "labels" in root else {}
-    for level, group in labels.items():
-        kinds = dict(group.groups())
-        for kind in ("energy", "forces"):
-            if kind in kinds:
-                name = f"labels/{level}/{kind}/present"
-                read[name] = read_array(root, name, store.path)
-        if "energy" in kinds:
-            name = f"labels/{level}/energy/values"
-            read[name] = read_array(root, name, store.path)
-    checksums = {name: array_checksum(array) for name, array in read.items()}
-    n_atoms = read["structures/n_atoms"].astype(np.int64)
-    check_checksums(store.path, store.manifest, checksums)
-    for level, group in labels.items():
-        kinds = dict(group.groups())
-        if "energy" in kinds:
-            energies[level] = Label(
-                read[f"labels/{level}/energy/values"], read[f"labels/{level}/energy/present"]
-            )
-        if "forces" in kinds:
-            name, values = f"labels/{level}/forces/values", kinds["forces"]["values"]
-            if values.shape[0] != len(read["atoms/numbers"]):  # its checksum cannot match
-                check_checksums(store.path, store.manifest, {name: "wrong shape"})
-            digest = StreamChecksum(values.dtype, values.shape)
-            present = read[f"labels/{level}/forces/present"]
-            forces[level] = _force_sums(values, present, n_atoms, digest)
-            check_checksums(store.path, store.manifest, {name: digest.hexdigest()})
+    with reading_zarr(store.path):
+        root = zarr.open_group(store.zarr_path, mode="r", zarr_format=3)
+        read = {n: root[n][...] for n in ("atoms/numbers", "structures/n_atoms")}
+        labels = dict(root["labels"].groups()) if "labels" in root else {}
+        for level, group in labels.items():
+            kinds = dict(group.groups())
+            for kind in ("energy", "forces"):
+                if kind in kinds:
+                    name = f"labels/{level}/{kind}/present"
+                    read[name] = root[name][...]
+            if "energy" in kinds:
+                name = f"labels/{level}/energy/values"
+                read[name] = root[name][...]
+        checksums = {name: array_checksum(array) for name, array in read.items()}
+        n_atoms = read["structures/n_atoms"].astype(np.int64)
+        check_checksums(store.path, store.manifest, checksums)
+        for level, group in labels.items():
+            kinds = dict(group.groups())
+            if "energy" in kinds:
+                energies[level] = Label(
+                    read[f"labels/{level}/energy/values"], read[f"labels/{level}/energy/present"]
+                )
+            if "forces" in kinds:
+                name, values = f"labels/{level}/forces/values", kinds["forces"]["values"]
+                if values.shape[0] != len(read["atoms/numbers"]):  # its checksum cannot match
+                    check_checksums(store.path, store.manifest, {name: "wrong shape"})
+                digest = StreamChecksum(values.dtype, values.shape)
+                present = read[f"labels/{level}/forces/present"]
+                forces[level] = _force_sums(values, present, n_atoms, digest)
+                check_checksums(store.path, store.manifest, {name: digest.hexdigest()})
     atom_energies = {level: s.atom_energies for level, s in store.manifest.levels.items()}
     return _statistics(
         read["atoms/numbers"], n_atoms, store.levels, energies, forces, atom_energies

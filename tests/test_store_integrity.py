@@ -344,6 +344,43 @@ def test_packs_without_record_checksums_are_refused_until_repacked(tmp_path, bas
     assert Store(store).verify() == [] and LmdbStore(store).record(3)["numbers"].size
 
 
+def test_damaged_zarr_metadata_and_index_never_give_a_traceback_or_a_wrong_query(store):
+    """A ``zarr.json`` that no longer parses is a problem for verify and one line for readers;
+    a query reads the index only after checking it (values and label columns)."""
+    from mfdata.loading.zarr_dataset import ZarrFidelityDataset
+    from mfdata.query import select
+    from mfdata.schema import QuerySpec
+
+    meta = store / ZARR_DIR / "labels" / LEVEL / "zarr.json"
+    text = meta.read_bytes()
+    meta.write_bytes(text.replace(b"{", b"\xff", 1))
+    assert any("is unreadable (corrupted metadata or chunk)" in p for p in Store(store).verify())
+    for read in (Store(store).read, lambda: store_statistics(Store(store))):
+        with pytest.raises(MfkitError, match="is unreadable \\(corrupted metadata or chunk\\)"):
+            read()
+    meta.write_bytes(text)
+    meta = store / ZARR_DIR / "labels" / LEVEL / "energy" / "present" / "zarr.json"
+    text = meta.read_bytes()
+    meta.write_bytes(text.replace(b"{", b"\xff", 1))
+    with pytest.raises(MfkitError, match="is unreadable \\(corrupted metadata or chunk\\)"):
+        ZarrFidelityDataset([str(store)], [LEVEL])
+    meta.write_bytes(text)
+
+    spec = QuerySpec(has=[(LEVEL, "energy")])
+    n_atoms = zarr.open_array(str(store / ZARR_DIR / "structures/n_atoms"), mode="r+")
+    original = n_atoms[...]
+    n_atoms[0] = original[0] + 1
+    with pytest.raises(MfkitError, match="structures/n_atoms do not match the checksum"):
+        select([Store(store)], spec)
+    n_atoms[...] = original
+    labels = zarr.open_array(str(store / ZARR_DIR / "index/labels"), mode="r+", zarr_format=3)
+    columns = labels.attrs["columns"]
+    labels.attrs["columns"] = columns[::-1]
+    with pytest.raises(MfkitError, match="the index's label columns"):
+        select([Store(store)], spec)
+    assert any("index/labels columns" in p for p in Store(store).verify())
+
+
 # --------------------------------------------------------------------------- 4. metadata
 
 
@@ -434,9 +471,8 @@ def test_nested_json_in_selections_and_the_registry_is_one_line(tmp_path, store)
         load_selection(selection)
     registry = Path(os.environ["MFKIT_HOME"]) / "stores.json"
     registry.write_text(deep)
-    proc = run_cli("list", check=False)
-    assert proc.returncode == 2 and "Traceback" not in proc.stderr
-    assert proc.stderr == f"mfdata: error: {registry}: unreadable store registry: RecursionError\n"
+    with pytest.raises(StoreError, match=rf"^{registry}: unreadable store registry: Recursion"):
+        registered()
 
 
 # --------------------------------------------------------------------------- 9. names

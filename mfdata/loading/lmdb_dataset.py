@@ -1,10 +1,10 @@
 """The LMDB reader: (structure, level) samples read from packed stores' shards.
 
 Guarantees: the frames of :class:`mfdata.loading.samples.FidelitySamples`, read by random access
-from the LMDB shards (fast shuffled reads); only packed local stores whose shards match their
-arrays are read, and each shard's records are checked against its checksum before the first is
-read (in the process that makes the dataset, so forked workers do not check again). Safe to pass
-to DataLoader workers (each process opens its own shards).
+from the LMDB shards (fast shuffled reads); only packed local stores whose shards were packed from
+their arrays are read, and every record is checked against its CRC each time it is read, so a
+corrupted record is a one-line error naming the shard and the structure, never a frame. Safe to
+pass to DataLoader workers (each process opens its own shards).
 """
 
 from __future__ import annotations

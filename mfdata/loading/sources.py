@@ -20,7 +20,7 @@ from mfdata.schema import DatasetManifest
 from mfdata.split import SPLITS_DIR, check_saved, part_indices, read_split_group
 from mfdata.store.manifest import MANIFEST, StoreError, parse_manifest
 from mfdata.store.store import Store
-from mfdata.store.zarr_store import ZARR_DIR, check_checksums, zarr_checksum
+from mfdata.store.zarr_store import ZARR_DIR, check_checksums, reading_zarr, zarr_checksum
 
 # (store, store checksum, array) whose values this process checked against the manifest
 _VERIFIED: set[tuple[str, str, str]] = set()
@@ -44,10 +44,11 @@ class LocalSource:
         self.store, self.path, self.manifest = store, store.path, store.manifest
 
     def open_group(self, sub: str) -> zarr.Group:
-        try:
-            return zarr.open_group(str(self.path / sub), mode="r", zarr_format=3)
-        except FileNotFoundError as exc:
-            raise StoreError(f"{self.path}/{sub}: no Zarr group there") from exc
+        with reading_zarr(self.path):
+            try:
+                return zarr.open_group(str(self.path / sub), mode="r", zarr_format=3)
+            except FileNotFoundError as exc:
+                raise StoreError(f"{self.path}/{sub}: no Zarr group there") from exc
 
 
 class RemoteSource:
@@ -70,10 +71,11 @@ class RemoteSource:
         store = zarr.storage.FsspecStore.from_url(
             f"{self.url}/{sub}", storage_options=self.storage_options or None, read_only=True
         )
-        try:
-            return zarr.open_group(store, mode="r", zarr_format=3)
-        except FileNotFoundError as exc:
-            raise StoreError(f"{self.url}/{sub}: no Zarr group there") from exc
+        with reading_zarr(self.url):
+            try:
+                return zarr.open_group(store, mode="r", zarr_format=3)
+            except FileNotFoundError as exc:
+                raise StoreError(f"{self.url}/{sub}: no Zarr group there") from exc
 
 
 def is_url(store: str) -> bool:
@@ -103,11 +105,9 @@ def verified_root(source: StoreSource, names: list[str]) -> zarr.Group:
     manifest's checksums (a chunk at a time; once per process: forked workers inherit it)."""
     root = zarr_root(source)
     keys = {name: (str(source.path), source.manifest.checksum, name) for name in names}
-    todo = [name for name, key in keys.items() if key not in _VERIFIED and name in root]
-    try:
+    with reading_zarr(source.path):
+        todo = [name for name, key in keys.items() if key not in _VERIFIED and name in root]
         actual = {name: zarr_checksum(root[name]) for name in todo}
-    except Exception as exc:  # a damaged chunk surfaces as many exception types
-        raise StoreError(f"{source.path}: arrays are unreadable (corrupted): {exc}") from exc
     check_checksums(source.path, source.manifest, actual)
     _VERIFIED.update(keys[name] for name in todo)
     return root

@@ -26,7 +26,13 @@ from mfdata.store.lmdb_store import lmdb_leftovers, verify_shards
 from mfdata.store.lock import store_lock
 from mfdata.store.manifest import StoreError, read_manifest
 from mfdata.store.split_group import SPLITS_DIR, read_split_group
-from mfdata.store.zarr_store import ZARR_DIR, combined_checksum, read_checksums
+from mfdata.store.zarr_store import (
+    ZARR_DIR,
+    CorruptArrayError,
+    combined_checksum,
+    read_checksums,
+    reading_zarr,
+)
 
 # what atomic_directory, atomic_file and older packs leave in a store when killed
 _LEFTOVER = re.compile(r"^\.(.+\.(partial|old)-[0-9a-f]{8}|manifest\.json\.[a-z0-9_]+\.partial)$")
@@ -77,6 +83,9 @@ def verify_metadata(root: Path, manifest: DatasetManifest) -> list[str]:
                 f"{root}: manifest says {summary.count} {kind} at {level} in {summary.unit}; the "
                 f"arrays hold {count} in {LABEL_KINDS[kind].unit}"
             )
+    columns = [tuple(c) for c in group["index/labels"].attrs["columns"]]
+    if columns != sorted(listed):
+        problems.append(f"{root}: index/labels columns {columns} are not the manifest's labels")
     unknown = sorted(set(manifest.statistics.levels) - set(manifest.levels))
     if unknown:
         problems.append(f"{root}: statistics for levels the store does not have: {unknown}")
@@ -113,7 +122,12 @@ def verify_store(root: Path, manifest: DatasetManifest) -> list[str]:
     problems = verify_arrays(root, manifest)
     if problems:
         return problems
-    problems = verify_metadata(root, manifest) + verify_splits(root, manifest)
+    try:
+        with reading_zarr(root):
+            problems = verify_metadata(root, manifest)
+    except CorruptArrayError as exc:
+        problems = [str(exc)]
+    problems += verify_splits(root, manifest)
     problems += verify_shards(root, manifest)
     extra = leftovers(root, manifest)  # no lock: verify is a reader
     if extra:

@@ -23,6 +23,8 @@ checksum; splits and statistics live elsewhere and do not change it.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import Literal
 
 import numpy as np
@@ -60,6 +62,23 @@ def _compressor(dtype: np.dtype) -> BloscCodec:
 
 class CorruptArrayError(MfkitError, ValueError):
     """An array whose values do not match the checksum its store's manifest records."""
+
+
+@contextmanager
+def reading_zarr(where: object, what: str = "the Zarr group") -> Iterator[None]:
+    """Report a damaged Zarr group read in the block (an unparsable ``zarr.json``, an
+    undecodable chunk: they surface as many exception types) as a one-line
+    :class:`CorruptArrayError` naming the store, never a traceback."""
+    try:
+        yield
+    except MfkitError:
+        raise
+    except Exception as exc:
+        detail = (str(exc).splitlines() or [""])[0][:200]
+        raise CorruptArrayError(
+            f"{where}: {what} is unreadable (corrupted metadata or chunk): "
+            f"{type(exc).__name__}: {detail}; run `mfdata verify {where}`"
+        ) from exc
 
 
 def _little(array: np.ndarray) -> np.ndarray:
@@ -210,26 +229,28 @@ def read_group(
     pass over the bytes read: see :func:`check_checksums`); ``None`` only where the caller has
     just verified them.
     """
-    root = zarr.open_group(path, mode="r", zarr_format=3)
-    names = [
-        "atoms/numbers",
-        "atoms/positions",
-        *(f"structures/{n}" for n in STRUCTURE_FIELDS),
-        *(
-            f"labels/{level}/{kind}/{part}"
-            for level, level_group in (root["labels"].groups() if "labels" in root else ())
-            for kind, _ in level_group.groups()
-            for part in ("values", "present")
-        ),
-    ]
-    a = {name: read_array(root, name, where or path) for name in names}
+    with reading_zarr(where or path):
+        root = zarr.open_group(path, mode="r", zarr_format=3)
+        names = [
+            "atoms/numbers",
+            "atoms/positions",
+            *(f"structures/{n}" for n in STRUCTURE_FIELDS),
+            *(
+                f"labels/{level}/{kind}/{part}"
+                for level, level_group in (root["labels"].groups() if "labels" in root else ())
+                for kind, _ in level_group.groups()
+                for part in ("values", "present")
+            ),
+        ]
+        a = {name: root[name][...] for name in names}
+        group_names = [str(name) for name in root["structures/group"].attrs["names"]]
     if manifest is not None:
         check_checksums(where or path, manifest, {n: array_checksum(v) for n, v in a.items()})
     s = Structures(
         numbers=a["atoms/numbers"],
         positions=a["atoms/positions"],
         **{n: a[f"structures/{n}"] for n in STRUCTURE_FIELDS if n != "hash"},
-        group_names=list(root["structures/group"].attrs["names"]),
+        group_names=group_names,
     )
     for name in names:
         if name.startswith("labels/") and name.endswith("/values"):
@@ -238,12 +259,16 @@ def read_group(
     return s, a["structures/hash"]
 
 
-def read_array(root: zarr.Group, name: str, where: object) -> np.ndarray:
-    """The values of the array ``name``; a missing or undecodable chunk is a one-line error."""
-    try:
-        return root[name][...]
-    except Exception as exc:  # a damaged chunk surfaces as many exception types
-        raise CorruptArrayError(f"{where}: array {name} is unreadable (corrupted): {exc}") from exc
+def read_verified(
+    path: str, names: Sequence[str], manifest: DatasetManifest, where: object
+) -> dict[str, np.ndarray]:
+    """The values of the arrays ``names`` of the group at ``path``, each checked against the
+    manifest's checksum: what a reader of a few arrays uses, so damage never reaches its result."""
+    with reading_zarr(where):
+        root = zarr.open_group(path, mode="r", zarr_format=3)
+        values = {name: root[name][...] for name in names}
+    check_checksums(where, manifest, {name: array_checksum(v) for name, v in values.items()})
+    return values
 
 
 def read_checksums(path: str, paths: list[str]) -> dict[str, str]:
