@@ -415,3 +415,25 @@ def test_ani1x_dipoles_and_charges(tmp_path, shared):
     frames = ase.io.read(out, index=":")
     with_dipole = [a.calc.results["dipole"] for a in frames if "dipole" in a.calc.results]
     np.testing.assert_allclose(with_dipole, dipole[stored.present], rtol=1e-6)
+
+
+def test_spice_dipoles_and_charges(tmp_path, shared):
+    """SPICE's scf_dipole and mbis_charges, in the units their attributes state, where a molecule
+    has them (the sample's charged molecule has no MBIS charges)."""
+    import h5py
+
+    source = shared / "modelforge_testdata" / "SPICE-1.1.4_n2.hdf5"
+    run_cli("convert", str(source), "--out", str(tmp_path / "s"))
+    s, _ = Store(tmp_path / "s").read()
+    level = "wb97md3bj-def2tzvppd"
+    with h5py.File(source) as f:
+        groups = [f[name] for name in f]
+        assert {g["scf_dipole"].attrs["units"] for g in groups} == {"elementary_charge*bohr"}
+        dipole = np.concatenate([g["scf_dipole"][()] for g in groups]) * ase.units.Bohr
+        charges = [g["mbis_charges"][()].reshape(-1) for g in groups if "mbis_charges" in g]
+    np.testing.assert_allclose(s.labels[(level, "dipole")].values, dipole, rtol=1e-6)
+    stored = s.labels[(level, "charges")]
+    np.testing.assert_array_equal(s.atom_mask(stored.present).sum(), sum(map(len, charges)))
+    np.testing.assert_array_equal(
+        stored.values[s.atom_mask(stored.present)], np.concatenate(charges)
+    )

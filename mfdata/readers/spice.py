@@ -2,7 +2,9 @@
 
 ``conformations`` (Bohr), ``dft_total_energy`` (Hartree) and ``dft_total_gradient``
 (Hartree/Bohr, minus the forces) at ωB97M-D3(BJ)/def2-TZVPPD; the total charge is the sum of the
-formal charges in the molecule's SMILES.
+formal charges in the molecule's SMILES. The SCF dipole (``scf_dipole``) and MBIS charges
+(``mbis_charges``) are stored as the level's dipole and charges where a molecule has them, in the
+units their attributes state; higher MBIS moments, bond indices and formation energies are not.
 """
 
 from __future__ import annotations
@@ -25,9 +27,12 @@ from mfdata.readers._common import (
     real_array,
 )
 from mfdata.records import InvalidDataError, Label, Source, conformer_name, molecule_structures
+from mfdata.schema import LABEL_KINDS
 from mfdata.units import UnitError, conversion_factor
 
 SPICE_LEVEL = "wb97md3bj-def2tzvppd"
+# Optional datasets stored as labels, by the label kind they become.
+OPTIONAL = {"dipole": "scf_dipole", "charges": "mbis_charges"}
 _BRACKET_ATOM = re.compile(r"\[([^\]]+)\]")
 _CHARGE = re.compile(r"([+-]+)(\d*)(?::\d+)?$")  # charge, then an optional atom-map number
 
@@ -66,11 +71,38 @@ def _smiles(path: str, where: str, group: h5py.Group) -> str:
     return value
 
 
+def _optional_labels(
+    path: str, group: h5py.Group, where: str, c: int, n_atoms: int, level_id: str
+) -> dict[str, tuple[np.ndarray, str]]:
+    """The optional labels a molecule has: kind -> (values in canonical units, source unit)."""
+    out = {}
+    for kind, name in OPTIONAL.items():
+        if name not in group:
+            continue
+        dataset = h5_dataset(path, group, name, where)
+        unit = _unit(path, where, dataset)
+        values = real_array(h5_read(path, dataset, where), path, f"{where}: {name}")
+        label = LABEL_KINDS[kind]
+        shape = (c, *((n_atoms,) if label.per == "atom" else ()), *label.shape)
+        if values.size != int(np.prod(shape)) or values.shape[:1] != (c,):
+            raise InvalidDataError(
+                f"{path}: {where}: {name} has shape {values.shape}, expected {shape}"
+            )
+        try:
+            converted = KeyMapping(name, level_id, kind, unit).convert(values.reshape(shape))
+        except UnitError as exc:
+            raise InvalidDataError(f"{path}: {where}: {exc}") from exc
+        out[kind] = (converted.astype(np.float64), unit)
+    return out
+
+
 def read_spice_h5(path: str, level: str = SPICE_LEVEL) -> Source:
     """SPICE 1 or 2 HDF5 release: energies and forces (from gradients) of every conformer."""
     level_id = resolve_level(level).id
     numbers, positions, n_atoms, charges, energies, forces, names = [], [], [], [], [], [], []
     units: dict[str, set[str]] = {"energy": set(), "gradient": set()}
+    optional: dict[str, list[np.ndarray]] = {kind: [] for kind in OPTIONAL}
+    optional_units: dict[str, set[str]] = {kind: set() for kind in OPTIONAL}
     with open_h5(path) as f:
         for name, group in progress(h5_groups(path, f), f"reading {path}", " molecules"):
             where = f"group {name}"
@@ -102,6 +134,16 @@ def read_spice_h5(path: str, level: str = SPICE_LEVEL) -> Source:
             charge = smiles_charge(_smiles(path, where, group))
             if abs(charge) > np.iinfo(np.int16).max:
                 raise InvalidDataError(f"{path}: {where}: total charge {charge} from the SMILES")
+            extra = _optional_labels(path, group, where, c, len(z), level_id)
+            for kind, values in optional.items():
+                label = LABEL_KINDS[kind]
+                rows = c * len(z) if label.per == "atom" else c
+                if kind in extra:
+                    value, unit = extra[kind]
+                    values.append(value.reshape(rows, *label.shape))
+                    optional_units[kind].add(unit)
+                else:
+                    values.append(np.full((rows, *label.shape), np.nan))
             units["energy"].add(energy_unit)
             units["gradient"].add(gradient_unit)
             numbers.append(np.tile(z, c))
@@ -125,14 +167,23 @@ def read_spice_h5(path: str, level: str = SPICE_LEVEL) -> Source:
     n = structures.n_structures
     structures.labels[(level_id, "energy")] = Label(np.concatenate(energies), np.ones(n, bool))
     structures.labels[(level_id, "forces")] = Label(np.concatenate(forces), np.ones(n, bool))
+    source_units = {
+        (level_id, "energy"): ", ".join(sorted(units["energy"])),
+        (level_id, "forces"): "-(" + ", ".join(sorted(units["gradient"])) + ") (gradient)",
+    }
+    for kind, values in optional.items():
+        if optional_units[kind]:
+            joined = np.concatenate(values)
+            missing = np.isnan(joined).reshape(len(joined), -1).all(axis=1)
+            if LABEL_KINDS[kind].per == "atom":
+                missing = np.logical_and.reduceat(missing, structures.atom_start[:-1])
+            structures.labels[(level_id, kind)] = Label(joined, ~missing)
+            source_units[(level_id, kind)] = ", ".join(sorted(optional_units[kind]))
     start = np.cumsum([0, *counts])
     return Source(
         path=path,
         reader="spice",
         structures=structures,
-        source_units={
-            (level_id, "energy"): ", ".join(sorted(units["energy"])),
-            (level_id, "forces"): "-(" + ", ".join(sorted(units["gradient"])) + ") (gradient)",
-        },
+        source_units=source_units,
         describe=lambda i: conformer_name(names, start, i),
     )
