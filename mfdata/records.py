@@ -149,6 +149,7 @@ class Source:
     describe: Callable[[int], str] = field(default=lambda i: f"record {i}")
     keys: dict[LabelKey, str] = field(default_factory=dict)  # source key of a label, for messages
     notes: list[str] = field(default_factory=list)  # one-line warnings for the user
+    unread_keys: list[str] = field(default_factory=list)  # numeric properties not stored
 
 
 def validate(source: Source) -> None:

@@ -173,6 +173,11 @@ class InputFile(_Model):
     sha256: str
     size: int
     reader: str
+    unread_keys: list[str] = Field(
+        default_factory=list,
+        exclude_if=lambda keys: not keys,  # absent when empty: older manifests keep their digest
+        description="Numeric properties the file holds that were not stored (map them to store).",
+    )
 
 
 class LabellingRun(_Model):

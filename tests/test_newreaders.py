@@ -58,7 +58,9 @@ def test_aselmdb_converts_with_the_level_only(tmp_path, bpa_frames):
     np.testing.assert_array_equal(s.positions, np.concatenate([a.positions for a in bpa_frames]))
     np.testing.assert_array_equal(s.charge, [a.info["charge"] for a in bpa_frames])
     np.testing.assert_array_equal(s.multiplicity, [a.info["spin"] for a in bpa_frames])
-    assert store.manifest.provenance.inputs[0].reader == "aselmdb"
+    (source_file,) = store.manifest.provenance.inputs
+    assert source_file.reader == "aselmdb"
+    assert source_file.unread_keys == ["homo_lumo_gap", "num_electrons"]
 
 
 def test_aselmdb_ids_and_catalog(tmp_path, bpa_frames):
@@ -306,8 +308,12 @@ def test_rmd17_end_to_end(tmp_path):
     np.testing.assert_allclose(e, energy * KCAL_MOL, rtol=1e-12)
     np.testing.assert_allclose(f, forces.reshape(-1, 3) * KCAL_MOL, rtol=1e-12)
     np.testing.assert_array_equal(s.positions, xyz.reshape(-1, 3))
-    assert Store(tmp_path / "s").manifest.levels[level].labels["energy"].source_units == [
-        "kcal/mol"
+    manifest = Store(tmp_path / "s").manifest
+    assert manifest.levels[level].labels["energy"].source_units == ["kcal/mol"]
+    assert manifest.provenance.inputs[0].unread_keys == [
+        "old_energies",
+        "old_forces",
+        "old_indices",
     ]
 
 

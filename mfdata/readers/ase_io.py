@@ -262,6 +262,7 @@ def read_ase(
         _scale_lengths(frames + iso, path, length_unit)
     atom_energies = _isolated_energies(path, iso, iso_record, mappings)
     structures = _frames_to_structures(path, frames, record, mappings, pbc, group_key)
+    unread = _unread_numbers(frames, mappings, id_key) if format in _LIST_UNREAD else {}
     ids = None
     if id_key is not None:
         missing = [i for i, a in enumerate(frames) if id_key not in a.info]
@@ -279,8 +280,8 @@ def read_ase(
         ids=ids,
         describe=lambda i: f"record {record[i]}",
         keys={(m.level, m.kind.name): m.key for m in mappings},
-        notes=_unmapped_labels(path, frames, mappings)
-        + (_unread_numbers(path, frames, mappings, id_key) if format in _LIST_UNREAD else []),
+        notes=_unmapped_labels(path, frames, mappings) + _unread_note(path, unread),
+        unread_keys=sorted(unread),
     )
 
 
@@ -322,10 +323,11 @@ def _unmapped_labels(path: str, frames: list[Atoms], mappings: list[KeyMapping])
 
 
 def _unread_numbers(
-    path: str, frames: list[Atoms], mappings: list[KeyMapping], id_key: str | None
-) -> list[str]:
-    """A note naming every numeric info key that is neither read nor label-shaped (those are in
-    :func:`_unmapped_labels`' warning): what a fairchem row's ``data`` holds beyond the labels."""
+    frames: list[Atoms], mappings: list[KeyMapping], id_key: str | None
+) -> dict[str, tuple[int, ...]]:
+    """Every numeric info key that is neither read nor label-shaped (those are in
+    :func:`_unmapped_labels`' warning), with its shape: what a fairchem row's ``data`` holds
+    beyond the labels."""
     read = {m.key for m in mappings} | set(MULTIPLICITY_KEYS) | {"charge", "total_charge", id_key}
     found: dict[str, tuple[int, ...]] = {}
     for atoms in frames:
@@ -335,9 +337,13 @@ def _unread_numbers(
             array = np.asarray(value)
             if array.dtype.kind in "iuf":
                 found[key] = array.shape
-    if not found:
+    return found
+
+
+def _unread_note(path: str, unread: dict[str, tuple[int, ...]]) -> list[str]:
+    if not unread:
         return []
-    keys = ", ".join(f"{key} (shape {shape})" for key, shape in sorted(found.items()))
+    keys = ", ".join(f"{key} (shape {shape})" for key, shape in sorted(unread.items()))
     return [f"{path}: numeric keys not stored (store one with --map KEY=LEVEL:LABEL): {keys}"]
 
 

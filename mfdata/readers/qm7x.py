@@ -85,6 +85,7 @@ def read_qm7x_h5(path: str, level: str = QM7X_LEVEL) -> Source:
         raise InvalidDataError(f"{path}: no conformers found")
     source = blocks.source(path, "qm7x", level_id, UNITS, KEYS)
     unread -= {NUMBERS, POSITIONS, *KEYS.values()}
+    source.unread_keys = sorted(unread)
     if unread:
-        source.notes.append(f"{path}: properties not stored: {', '.join(sorted(unread))}")
+        source.notes.append(f"{path}: properties not stored: {', '.join(source.unread_keys)}")
     return source

@@ -40,7 +40,7 @@ def read_rmd17_npz(path: str, level: str = RMD17_LEVEL) -> Source:
         energy_unit=ENERGY_UNIT,
         length_unit=LENGTH_UNIT,
     )
-    unread = sorted(npz_members(path) - set(_NAMES.values()))
-    if unread:
-        source.notes.append(f"{path}: arrays not read: {', '.join(unread)}")
+    source.unread_keys = sorted(npz_members(path) - set(_NAMES.values()))
+    if source.unread_keys:
+        source.notes.append(f"{path}: arrays not read: {', '.join(source.unread_keys)}")
     return source

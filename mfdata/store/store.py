@@ -164,6 +164,7 @@ def write_store(
             sha256=file_sha256(src.path),
             size=os.path.getsize(src.path),
             reader=src.reader,
+            unread_keys=sorted(src.unread_keys),
         )
         for src in sources  # in order: a structure's ``source`` indexes this list
     ]
