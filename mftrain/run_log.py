@@ -85,7 +85,7 @@ def plot_learning_curve(run: Path, levels: list[str]) -> Path | None:
     """``RUN/learning_curve.png``: training and validation loss, and each level's validation
     energy MAE per atom and force MAE, against the optimiser step; None when nothing was logged."""
     from matplotlib.figure import Figure
-    from matplotlib.ticker import FormatStrFormatter
+    from matplotlib.ticker import FormatStrFormatter, NullFormatter
 
     curves = series(read_rows(run))
     if not curves:
@@ -125,8 +125,11 @@ def plot_learning_curve(run: Path, levels: list[str]) -> Path | None:
             )
         if ax.lines:
             ax.set_yscale("log")
-            ax.yaxis.set_major_formatter(FormatStrFormatter("%g"))
-            ax.yaxis.set_minor_formatter(FormatStrFormatter("%g"))
+            # plain numbers; minor ticks labelled only where the axis spans under a decade
+            plain = FormatStrFormatter("%g")
+            low, high = ax.get_ylim()
+            ax.yaxis.set_major_formatter(plain)
+            ax.yaxis.set_minor_formatter(plain if high < 10 * low else NullFormatter())
             ax.tick_params(axis="y", which="minor", labelsize=7)
             ax.legend(fontsize=7)
         ax.set_xlabel("optimiser steps")
