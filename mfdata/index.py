@@ -15,9 +15,15 @@ import numpy as np
 import zarr
 from zarr.codecs import BloscCodec
 
-from mfdata.records import InvalidDataError, LabelKey, Structures
+from mfdata.records import LabelKey
 from mfdata.schema import DatasetManifest
-from mfdata.store.zarr_store import CorruptArrayError, read_verified, reading_zarr
+from mfdata.store.zarr_store import (
+    INDEX_CHUNK,
+    CorruptArrayError,
+    StreamChecksum,
+    read_verified,
+    reading_zarr,
+)
 
 MAX_LABEL_COLUMNS = 64
 _ARRAYS = {  # field -> array in the store's group
@@ -48,45 +54,6 @@ class StructureIndex:
         return len(self.n_atoms)
 
     @classmethod
-    def from_structures(cls, s: Structures, hashes: np.ndarray) -> StructureIndex:
-        columns = sorted(s.labels)
-        if len(columns) > MAX_LABEL_COLUMNS:
-            raise InvalidDataError(
-                f"{len(columns)} (level, label) pairs; a store's index holds at most "
-                f"{MAX_LABEL_COLUMNS}"
-            )
-        labels = np.zeros(s.n_structures, dtype=np.uint64)
-        for k, key in enumerate(columns):
-            labels |= s.labels[key].present.astype(np.uint64) << np.uint64(k)
-        return cls(
-            n_atoms=s.n_atoms.astype(np.int32),
-            elements=element_masks(s.numbers, s.atom_start[:-1]),
-            labels=labels,
-            label_columns=columns,
-            charge=s.charge.astype(np.int16),
-            multiplicity=s.multiplicity.astype(np.int16),
-            group=s.group.astype(np.int32),
-            source=s.source.astype(np.int16),
-            hash=hashes.astype(np.uint64),
-        )
-
-    def write(self, zarr_path: str) -> dict[str, np.ndarray]:
-        """Write the columns not already in the store (element masks, label bits); return them."""
-        root = zarr.open_group(zarr_path, mode="r+", zarr_format=3)
-        arrays = {"index/elements": self.elements, "index/labels": self.labels}
-        for name, array in arrays.items():
-            z = root.create_array(
-                name,
-                shape=array.shape,
-                dtype=array.dtype,
-                chunks=(max(1, min(1 << 18, array.shape[0])), *array.shape[1:]),
-                compressors=BloscCodec(cname="zstd", clevel=5, shuffle="shuffle"),
-            )
-            z[...] = array
-        root["index/labels"].attrs["columns"] = [list(c) for c in self.label_columns]
-        return arrays
-
-    @classmethod
     def read(cls, zarr_path: str, manifest: DatasetManifest, where: object) -> StructureIndex:
         """The index of the store at ``where``: its arrays checked against the manifest's
         checksums and its label columns against the manifest's labels, so a query never runs
@@ -109,6 +76,34 @@ class StructureIndex:
             return np.uint64(1) << np.uint64(self.label_columns.index((level, label)))
         except ValueError:
             return None
+
+
+def write_label_bits(zarr_path: str, columns: list[LabelKey]) -> str:
+    """Write ``index/labels`` (bit k: ``columns[k]`` is present) from the presence arrays already
+    in the group, a chunk of rows at a time; return its checksum.
+
+    Written once every label is known, since a label first met in a later input file moves the
+    bits of those sorted after it.
+    """
+    root = zarr.open_group(zarr_path, mode="r+", zarr_format=3)
+    n = root["structures/n_atoms"].shape[0]
+    z = root.create_array(
+        "index/labels",
+        shape=(n,),
+        dtype=np.uint64,
+        chunks=(max(1, min(INDEX_CHUNK, n)),),
+        compressors=BloscCodec(cname="zstd", clevel=5, shuffle="shuffle"),
+    )
+    digest = StreamChecksum(np.dtype(np.uint64), (n,))
+    for start in range(0, n, INDEX_CHUNK):
+        bits = np.zeros(min(INDEX_CHUNK, n - start), dtype=np.uint64)
+        for k, (level, kind) in enumerate(columns):
+            present = root[f"labels/{level}/{kind}/present"][start : start + len(bits)]
+            bits |= present.astype(np.uint64) << np.uint64(k)
+        z[start : start + len(bits)] = bits
+        digest.update(bits)
+    z.attrs["columns"] = [list(c) for c in columns]
+    return digest.hexdigest()
 
 
 def element_masks(numbers: np.ndarray, starts: np.ndarray) -> np.ndarray:

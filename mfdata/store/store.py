@@ -9,6 +9,7 @@ target path, and a directory without a complete manifest is never accepted as a 
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import os
 import shutil
@@ -21,10 +22,16 @@ import numpy as np
 from ase.data import chemical_symbols
 
 from mfdata.files import file_sha256, kill_point, writing
-from mfdata.index import StructureIndex
+from mfdata.index import MAX_LABEL_COLUMNS, element_masks, write_label_bits
 from mfdata.levels import resolve_level
 from mfdata.linking import geometry_hash
-from mfdata.records import DEFAULT_GEOMETRY_TOLERANCE, InvalidDataError, Source, Structures
+from mfdata.records import (
+    DEFAULT_GEOMETRY_TOLERANCE,
+    InvalidDataError,
+    LabelKey,
+    Source,
+    Structures,
+)
 from mfdata.schema import (
     LABEL_KINDS,
     DatasetManifest,
@@ -45,12 +52,12 @@ from mfdata.store.manifest import (
 from mfdata.store.verify import verify_store
 from mfdata.store.zarr_store import (
     ZARR_DIR,
+    GroupWriter,
     Precision,
-    array_checksum,
     check_shape,
     combined_checksum,
     read_group,
-    write_group,
+    structure_arrays,
 )
 
 
@@ -101,9 +108,9 @@ def remove_abandoned(directory: Path) -> list[Path]:
     return remove_unclaimed(p for p in found if p.is_dir() and not p.is_symlink())
 
 
-def _level_summaries(s: Structures, sources: list[Source]) -> dict[str, LevelSummary]:
+def _level_summaries(counts: dict[LabelKey, int], sources: list[Source]) -> dict[str, LevelSummary]:
     levels: dict[str, LevelSummary] = {}
-    for level, kind in sorted(s.labels):
+    for level, kind in sorted(counts):
         units = sorted(
             {
                 src.source_units[key]
@@ -114,7 +121,7 @@ def _level_summaries(s: Structures, sources: list[Source]) -> dict[str, LevelSum
         )
         summary = levels.setdefault(level, _level_summary(level))
         summary.labels[kind] = LabelSummary(
-            count=int(s.labels[(level, kind)].present.sum()),
+            count=counts[(level, kind)],
             unit=LABEL_KINDS[kind].unit,
             source_units=units,
         )
@@ -137,6 +144,130 @@ def _level_summary(level: str) -> LevelSummary:
     return LevelSummary(name=definition.name, labels={}, definition=definition)
 
 
+def input_file(source: Source) -> InputFile:
+    """The manifest's record of one input (its sha256 read in one pass): taken right after the
+    file is read when converting file by file, while it is still in the page cache."""
+    return InputFile(
+        path=source.path,
+        sha256=file_sha256(source.path),
+        size=os.path.getsize(source.path),
+        reader=source.reader,
+        unread_keys=sorted(source.unread_keys),
+    )
+
+
+class StoreWriter:
+    """The arrays of a new store, added a part at a time (all structures, or one input file's),
+    and the running totals its manifest is made of: counts, elements, label counts, groups.
+
+    Memory holds one part, the Zarr chunks not yet written and the totals, whatever the
+    number of parts. Made by :func:`new_store`, inside the temporary directory.
+    """
+
+    def __init__(
+        self, tmp: Path, precision: Precision, tolerance: float, rows: tuple[int, int] | None
+    ):
+        self.tmp = tmp
+        self.tolerance = tolerance
+        self.group = GroupWriter(str(tmp / ZARR_DIR), precision, rows)
+        self.group_names: dict[str, int] = {}
+        self.elements: set[int] = set()
+        self.label_counts: dict[LabelKey, int] = {}
+        self.manifest: DatasetManifest | None = None
+
+    def add(self, s: Structures) -> None:
+        """Append ``s`` (its ``source`` already set to its inputs' positions)."""
+        for key, label in s.labels.items():
+            self.label_counts[key] = self.label_counts.get(key, 0) + int(label.present.sum())
+        if len(self.label_counts) > MAX_LABEL_COLUMNS:
+            raise InvalidDataError(
+                f"{len(self.label_counts)} (level, label) pairs; a store's index holds at most "
+                f"{MAX_LABEL_COLUMNS}"
+            )
+        self.elements.update(int(z) for z in np.unique(s.numbers))
+        hashes = geometry_hash(s, self.tolerance)
+        arrays = structure_arrays(self._with_store_groups(s), hashes)
+        arrays["index/elements"] = element_masks(s.numbers, s.atom_start[:-1])
+        self.group.append(arrays, s.n_structures, len(s.numbers))
+
+    def _with_store_groups(self, s: Structures) -> Structures:
+        """``s`` with its group indices into the store's group names (one group per name)."""
+        for name in s.group_names:
+            self.group_names.setdefault(name, len(self.group_names))
+        store_index = np.array([self.group_names[n] for n in s.group_names], dtype=np.int32)
+        return dataclasses.replace(s, group=store_index[s.group])
+
+    def finish(
+        self,
+        sources: list[Source],
+        *,
+        inputs: list[InputFile] | None = None,
+        name: str,
+        link_by: str | None = None,
+        licence: str | None = None,
+        citation: str | None = None,
+        description: str | None = None,
+        labelling: list[LabellingRun] = (),
+        implausible_allowed: list[str] = (),
+    ) -> DatasetManifest:
+        """Close the arrays, write the index's label bits and then the manifest, last.
+
+        ``sources`` are every input in order (a structure's ``source`` indexes them; their
+        structures are not used); ``inputs`` their records if taken already.
+        """
+        if self.group.n_structures == 0:
+            raise InvalidDataError("no structures in any source (only isolated atoms)")
+        levels = _level_summaries(self.label_counts, sources)
+        columns = sorted(self.label_counts)
+        checksums = self.group.close({"structures/group": {"names": list(self.group_names)}})
+        checksums["index/labels"] = write_label_bits(str(self.tmp / ZARR_DIR), columns)
+        self.manifest = DatasetManifest(
+            name=name,
+            source=description,
+            licence=licence,
+            citation=citation,
+            n_structures=self.group.n_structures,
+            n_atoms=self.group.n_atoms,
+            elements=[chemical_symbols[z] for z in sorted(self.elements)],
+            levels=levels,
+            checksums=checksums,
+            checksum=combined_checksum(checksums),
+            provenance=Provenance(
+                mfkit_version=mfkit_version(),
+                created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+                inputs=inputs if inputs is not None else [input_file(s) for s in sources],
+                link_by=link_by,
+                geometry_tolerance=self.tolerance,
+                labelling=list(labelling),
+                implausible_allowed=list(implausible_allowed),
+            ),
+        )
+        write_manifest(self.tmp, self.manifest)
+        return self.manifest
+
+
+@contextmanager
+def new_store(
+    out: str | Path,
+    *,
+    precision: Precision = "lossless",
+    tolerance: float = DEFAULT_GEOMETRY_TOLERANCE,
+    rows: tuple[int, int] | None = None,
+) -> Iterator[StoreWriter]:
+    """A :class:`StoreWriter` for a new store at ``out`` (which must not exist), written in a
+    temporary directory renamed into place when the block ends after
+    :meth:`StoreWriter.finish`; any error in the block leaves nothing at ``out``.
+
+    ``rows`` (structures, atoms), when known in advance, sizes the Zarr chunks.
+    """
+    out = Path(out)
+    with atomic_directory(out) as tmp:
+        writer = StoreWriter(tmp, precision, tolerance, rows)
+        yield writer
+        if writer.manifest is None:
+            raise RuntimeError(f"{out}: store written without its manifest (finish not called)")
+
+
 def write_store(
     out: str | Path,
     structures: Structures,
@@ -152,52 +283,25 @@ def write_store(
     labelling: list[LabellingRun] = (),
     implausible_allowed: list[str] = (),
 ) -> DatasetManifest:
-    """Write ``structures`` as a new store at ``out`` (which must not exist), atomically.
+    """Write ``structures`` (all in memory: linked sources, a labelled or merged store) as a
+    new store at ``out`` (which must not exist), atomically.
 
     ``labelling`` records the ``mfdata label`` runs that computed the labels (kept by merges);
     ``implausible_allowed`` the plausibility findings the user overrode.
     """
-    out = Path(out)
-    inputs = [
-        InputFile(
-            path=src.path,
-            sha256=file_sha256(src.path),
-            size=os.path.getsize(src.path),
-            reader=src.reader,
-            unread_keys=sorted(src.unread_keys),
-        )
-        for src in sources  # in order: a structure's ``source`` indexes this list
-    ]
-    levels = _level_summaries(structures, sources)
-    with atomic_directory(out) as tmp:
-        hashes = geometry_hash(structures, tolerance)
-        checksums = write_group(str(tmp / ZARR_DIR), structures, hashes, precision)
-        index = StructureIndex.from_structures(structures, hashes).write(str(tmp / ZARR_DIR))
-        checksums.update({name: array_checksum(array) for name, array in index.items()})
-        elements = np.unique(structures.numbers)
-        manifest = DatasetManifest(
-            name=name or out.name,
-            source=description,
+    rows = (structures.n_structures, len(structures.numbers))
+    with new_store(out, precision=precision, tolerance=tolerance, rows=rows) as writer:
+        writer.add(structures)
+        return writer.finish(
+            sources,
+            name=name or Path(out).name,
+            link_by=link_by,
             licence=licence,
             citation=citation,
-            n_structures=structures.n_structures,
-            n_atoms=len(structures.numbers),
-            elements=[chemical_symbols[z] for z in elements],
-            levels=levels,
-            checksums=checksums,
-            checksum=combined_checksum(checksums),
-            provenance=Provenance(
-                mfkit_version=mfkit_version(),
-                created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-                inputs=inputs,
-                link_by=link_by,
-                geometry_tolerance=tolerance,
-                labelling=list(labelling),
-                implausible_allowed=list(implausible_allowed),
-            ),
+            description=description,
+            labelling=labelling,
+            implausible_allowed=implausible_allowed,
         )
-        write_manifest(tmp, manifest)
-    return manifest
 
 
 def store_as_source(store: Store) -> Source:

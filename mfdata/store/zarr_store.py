@@ -23,6 +23,8 @@ checksum; splits and statistics live elsewhere and do not change it.
 from __future__ import annotations
 
 import hashlib
+import os
+import shutil
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Literal
@@ -39,6 +41,7 @@ from mfdata.schema import LABEL_KINDS, DatasetManifest
 ZARR_DIR = "data.zarr"  # the group's directory inside a store
 STRUCTURE_CHUNK = 1 << 16
 ATOM_CHUNK = 1 << 18
+INDEX_CHUNK = 1 << 18
 
 STRUCTURE_FIELDS = ("n_atoms", "cell", "pbc", "charge", "multiplicity", "group", "source", "hash")
 
@@ -191,33 +194,142 @@ def is_per_atom(name: str) -> bool:
     return parts[0] == "labels" and parts[3] == "values" and LABEL_KINDS[parts[2]].per == "atom"
 
 
-def write_group(
-    path: str, s: Structures, hashes: np.ndarray, precision: Precision = "lossless"
-) -> dict[str, str]:
-    """Write the arrays of ``s`` as a Zarr v3 group at ``path``; return their checksums.
+class _Column:
+    """One array of a group being appended to: rows wait in memory until they fill a chunk, so
+    every chunk is written once, whole; rows before ``start`` are never written (fill value)."""
 
-    With ``precision="compact"`` per-atom float labels are bit-rounded before writing (see
-    ``COMPACT_KEEPBITS``); checksums cover the values as stored.
-    """
-    root = zarr.open_group(path, mode="w-", zarr_format=3)
-    checksums = {}
-    for name, array in structure_arrays(s, hashes).items():
-        per_atom = is_per_atom(name)
-        if precision == "compact" and per_atom and name.startswith("labels/"):
-            array = BitRound(COMPACT_KEEPBITS).encode(array).view(array.dtype).reshape(array.shape)
-        chunk_rows = ATOM_CHUNK if per_atom else STRUCTURE_CHUNK
-        z = root.create_array(
+    def __init__(self, root: zarr.Group, name: str, block: np.ndarray, start: int, chunk: int):
+        self.root, self.name = root, name
+        self.chunk = max(1, chunk)
+        self.array = root.create_array(
             name,
-            shape=array.shape,
-            dtype=array.dtype,
-            chunks=(max(1, min(chunk_rows, array.shape[0])), *array.shape[1:]),
-            compressors=_compressor(array.dtype),
-            fill_value=np.nan if array.dtype.kind == "f" else 0,
+            shape=(start, *block.shape[1:]),
+            dtype=block.dtype,
+            chunks=(self.chunk, *block.shape[1:]),
+            compressors=_compressor(block.dtype),
+            fill_value=np.nan if block.dtype.kind == "f" else 0,
         )
-        z[...] = array
-        checksums[name] = array_checksum(array)
-    root["structures/group"].attrs["names"] = list(s.group_names)
-    return checksums
+        self.written = start - start % self.chunk  # rows before the pending ones
+        self.pending = [self._fill(start - self.written, block.dtype)]
+        self.rows = start
+
+    def _fill(self, rows: int, dtype: np.dtype) -> np.ndarray:
+        fill = np.nan if np.dtype(dtype).kind == "f" else 0
+        return np.full((rows, *self.array.shape[1:]), fill, dtype=dtype)
+
+    def append(self, block: np.ndarray) -> None:
+        if np.result_type(block.dtype, self.array.dtype) != self.array.dtype:
+            self._widen(np.result_type(block.dtype, self.array.dtype))
+        self.pending.append(block.astype(self.array.dtype, copy=False))
+        self.rows += len(block)
+        if self.rows - self.written >= self.chunk:
+            self._flush(whole_chunks=True)
+
+    def append_missing(self, rows: int) -> None:
+        """Rows this part lacks: NaN (float64, as a part without the label is) or zero."""
+        dtype = np.float64 if self.array.dtype.kind == "f" else self.array.dtype
+        self.append(self._fill(rows, dtype))
+
+    def _flush(self, whole_chunks: bool) -> None:
+        pending = np.concatenate(self.pending)
+        size = len(pending) - len(pending) % self.chunk if whole_chunks else len(pending)
+        if size == 0:
+            return
+        self.array.resize((max(self.array.shape[0], self.written + size), *self.array.shape[1:]))
+        self.array[self.written : self.written + size] = pending[:size]
+        self.written += size
+        self.pending = [pending[size:]]
+
+    def _widen(self, dtype: np.dtype) -> None:
+        """Rewrite the rows written so far in a wider float type (a later part brings float64
+        where earlier ones were float32), one chunk at a time."""
+        old, wide = self.array, f"{self.name}.widening"
+        new = self.root.create_array(
+            wide,
+            shape=old.shape,
+            dtype=dtype,
+            chunks=old.chunks,
+            compressors=_compressor(dtype),
+            fill_value=np.nan,
+        )
+        for start in range(0, self.written, self.chunk):
+            new[start : start + self.chunk] = old[start : start + self.chunk].astype(dtype)
+        group = self.root.store.root / self.root.path  # a local group: arrays are directories
+        shutil.rmtree(group / self.name)
+        os.rename(group / wide, group / self.name)
+        self.array = self.root[self.name]
+        self.pending = [p.astype(dtype) for p in self.pending]
+
+    def close(self) -> str:
+        """Write the last rows; the checksum of the array as stored, read back a chunk at a time."""
+        self._flush(whole_chunks=False)
+        self.array.resize((self.rows, *self.array.shape[1:]))
+        return zarr_checksum(self.array)
+
+
+class GroupWriter:
+    """A new Zarr v3 group written a part at a time (one input file each), in bounded memory:
+    arrays are created as they first appear, a part without an array gets NaN or zero rows
+    (as :func:`structure_arrays` of concatenated parts would), and checksums are taken at
+    :meth:`close` from what was written.
+
+    ``rows`` (structures, atoms), when known, sizes the chunks as for a group written at once;
+    unknown, chunks have their full size. With ``precision="compact"`` per-atom float labels
+    are bit-rounded before writing (see ``COMPACT_KEEPBITS``); checksums cover the values as
+    stored.
+    """
+
+    def __init__(
+        self, path: str, precision: Precision = "lossless", rows: tuple[int, int] | None = None
+    ):
+        self.root = zarr.open_group(path, mode="w-", zarr_format=3)
+        self.precision = precision
+        self.rows = rows
+        self.n_structures = self.n_atoms = 0
+        self.columns: dict[str, _Column] = {}
+
+    def append(self, arrays: dict[str, np.ndarray], n_structures: int, n_atoms: int) -> None:
+        """Append one part: ``arrays`` by name, ``n_atoms`` rows for per-atom arrays and
+        ``n_structures`` for the others."""
+        for name, block in arrays.items():
+            per_atom = is_per_atom(name)
+            if self.precision == "compact" and per_atom and name.startswith("labels/"):
+                block = BitRound(COMPACT_KEEPBITS).encode(block).view(block.dtype)
+                block = block.reshape(arrays[name].shape)
+            column = self.columns.get(name)
+            if column is None:
+                self.columns[name] = self._column(name, block, per_atom)
+            else:
+                column.append(block)
+        for name, column in self.columns.items():
+            if name not in arrays:
+                column.append_missing(n_atoms if is_per_atom(name) else n_structures)
+        self.n_structures += n_structures
+        self.n_atoms += n_atoms
+
+    def _column(self, name: str, block: np.ndarray, per_atom: bool) -> _Column:
+        start = self.n_atoms if per_atom else self.n_structures
+        if start and block.dtype.kind == "f":  # earlier parts lack it: NaN rows, as float64
+            block = block.astype(np.result_type(block.dtype, np.float64))
+        chunk = _chunk_rows(name, per_atom)
+        if self.rows is not None:
+            chunk = min(chunk, self.rows[1] if per_atom else self.rows[0])
+        column = _Column(self.root, name, block, start, chunk)
+        column.append(block)
+        return column
+
+    def close(self, attributes: dict[str, dict]) -> dict[str, str]:
+        """Write what is pending and ``attributes`` (by array name); return every checksum."""
+        checksums = {name: column.close() for name, column in self.columns.items()}
+        for name, attrs in attributes.items():
+            self.root[name].attrs.update(attrs)
+        return checksums
+
+
+def _chunk_rows(name: str, per_atom: bool) -> int:
+    if name.startswith("index/"):
+        return INDEX_CHUNK
+    return ATOM_CHUNK if per_atom else STRUCTURE_CHUNK
 
 
 def read_group(
