@@ -16,12 +16,18 @@ from typing import get_args
 from mfdata.catalog import ConvertOptions, convert_options, find_entry
 from mfdata.errors import UsageError
 from mfdata.linking import link_sources
-from mfdata.plausibility import source_findings
+from mfdata.plausibility import RunningFindings, source_findings
 from mfdata.readers import AseReader, checked_mapping, parse_mapping, read_source, reader_spec
-from mfdata.records import DEFAULT_GEOMETRY_TOLERANCE, InvalidDataError, Source
+from mfdata.records import (
+    DEFAULT_GEOMETRY_TOLERANCE,
+    MAX_SOURCES,
+    InvalidDataError,
+    Source,
+    empty_structures,
+)
 from mfdata.registry import check_name_free, open_store, register
-from mfdata.schema import UNKNOWN, label_kind
-from mfdata.store.store import Store, store_as_source, write_store
+from mfdata.schema import UNKNOWN, InputFile, label_kind
+from mfdata.store.store import Store, input_file, new_store, store_as_source, write_store
 from mfdata.store.zarr_store import Precision
 from mfdata.units import conversion_factor
 
@@ -101,34 +107,49 @@ def convert(
     id_key = _id_key(link_by)
     if precision not in PRECISIONS:
         raise UsageError(f"--precision {precision!r}: expected {' or '.join(PRECISIONS)}")
+    if len(inputs) > MAX_SOURCES:
+        raise UsageError(
+            f"{len(inputs)} input files: a store records at most {MAX_SOURCES} (each structure's "
+            "source is an int16 index); convert them in parts and merge the stores"
+        )
     name = _check_target(out, name)
     marker, iso_files = _isolated_atoms(isolated_atoms, entry, catalog, inputs, notify)
     iso_sources = [_read(f, options, all_isolated=True) for f in iso_files]
-    sources = [
-        _read(p, options, isolated_atoms=marker, id_key=id_key, maps_optional=len(inputs) > 1)
-        for p in inputs
-    ]
-    _check_maps_found(sources, options.maps)
-    for note in (note for source in sources for note in source.notes):
-        notify(note)
-    if options.level is None:
-        _note_default_levels(sources, notify)
-    structures = link_sources(sources, link_by, tolerance)
-    implausible = source_findings(structures, sources)
-    _refuse_implausible(implausible, allow_implausible)
-    write_store(
-        out,
-        structures,
-        sources + iso_sources,
+    reading = _Reading(options, marker, id_key, multiple=len(inputs) > 1)
+    written = dict(
         name=name,
         link_by=link_by,
-        tolerance=tolerance,
-        precision=precision,
         licence=options.licence,
         citation=options.citation,
         description=options.description,
-        implausible_allowed=implausible,
     )
+    if link_by is None and len(inputs) > 1:
+        _convert_file_by_file(
+            inputs,
+            reading,
+            iso_sources,
+            out,
+            precision=precision,
+            tolerance=tolerance,
+            allow_implausible=allow_implausible,
+            notify=notify,
+            written=written,
+        )
+    else:
+        sources = [reading.read(p, notify) for p in inputs]
+        reading.check_maps_found()
+        structures = link_sources(sources, link_by, tolerance)
+        implausible = source_findings(structures, sources)
+        _refuse_implausible(implausible, allow_implausible)
+        write_store(
+            out,
+            structures,
+            sources + iso_sources,
+            tolerance=tolerance,
+            precision=precision,
+            implausible_allowed=implausible,
+            **written,
+        )
     register(name, out)
     return Store(out)
 
@@ -315,19 +336,93 @@ def _read(
     )
 
 
-def _check_maps_found(sources: list[Source], maps: list[KeyMap]) -> None:
-    """Each mapped key must be in some record of some input (each file may lack it)."""
-    found = {key for source in sources for key in source.structures.labels}
-    for key, level_id, label in maps:
-        if (level_id, label_kind(label)[0].name) not in found:
-            raise InvalidDataError(f"no record of any source has the key {key!r} (--map {key})")
+class _Reading:
+    """Reads the inputs of one conversion with the same options, passes their notes on and
+    remembers the labels found, so that each mapped key is checked against the union over all
+    files (any one file may lack it) once every file is read."""
 
+    def __init__(
+        self,
+        options: ConvertOptions,
+        marker: tuple[str, str] | None,
+        id_key: str | None,
+        multiple: bool,
+    ):
+        self.options, self.marker, self.id_key, self.multiple = options, marker, id_key, multiple
+        self.found: set[tuple[str, str]] = set()
 
-def _note_default_levels(sources: list[Source], notify: Notify) -> None:
-    """Name the level a release file was taken at when the file does not say and nobody did."""
-    for source in sources:
+    def read(self, path: str | Path, notify: Notify) -> Source:
+        source = _read(
+            path,
+            self.options,
+            isolated_atoms=self.marker,
+            id_key=self.id_key,
+            maps_optional=self.multiple,
+        )
+        self.found.update(source.structures.labels)
+        for note in source.notes:
+            notify(note)
         default = reader_spec(source.reader).default_level
-        if default is not None:
+        if self.options.level is None and default is not None:
             notify(
                 f"{source.path}: {source.reader} release, level {default} (override with --level)"
             )
+        return source
+
+    def check_maps_found(self) -> None:
+        """Each mapped key must be in some record of some input."""
+        for key, level_id, label in self.options.maps:
+            if (level_id, label_kind(label)[0].name) not in self.found:
+                raise InvalidDataError(f"no record of any source has the key {key!r} (--map {key})")
+
+
+def _convert_file_by_file(
+    inputs: Sequence[str | Path],
+    reading: _Reading,
+    iso_sources: list[Source],
+    out: str | Path,
+    *,
+    precision: Precision,
+    tolerance: float,
+    allow_implausible: bool,
+    notify: Notify,
+    written: dict,
+) -> None:
+    """Many files, not linked: each is read, checked and appended to the store being written,
+    then dropped, so that memory holds one file's arrays whatever their number (OMol25's
+    thousands of aselmdb files). A bad file stops the conversion and nothing is left at
+    ``out``; the plausibility checks run on running totals before the manifest is written."""
+    running = RunningFindings()
+    kept: list[Source] = []
+    records: list[InputFile] = []
+    with new_store(out, precision=precision, tolerance=tolerance) as writer:
+        for k, path in enumerate(inputs):
+            source = reading.read(path, notify)
+            records.append(input_file(source))
+            if source.structures.n_structures:
+                source.structures.source[:] = k
+                running.add(source.structures)
+                writer.add(source.structures)
+            kept.append(_metadata(source))
+        reading.check_maps_found()
+        implausible = running.findings(kept)
+        _refuse_implausible(implausible, allow_implausible)
+        writer.finish(
+            kept + iso_sources,
+            inputs=records + [input_file(s) for s in iso_sources],
+            implausible_allowed=implausible,
+            **written,
+        )
+
+
+def _metadata(source: Source) -> Source:
+    """What the manifest needs of a source once its structures are written."""
+    return Source(
+        path=source.path,
+        reader=source.reader,
+        structures=empty_structures(),
+        source_units=source.source_units,
+        atom_energies=source.atom_energies,
+        keys=source.keys,
+        unread_keys=source.unread_keys,
+    )

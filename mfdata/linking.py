@@ -129,7 +129,7 @@ def _match_ids(reference_ids: np.ndarray, query_ids: np.ndarray) -> np.ndarray:
     return np.where(found, order[pos], -1)
 
 
-def _concatenate(parts: list[Structures]) -> Structures:
+def concatenate(parts: list[Structures]) -> Structures:
     """``parts`` one after the other, in one copy (appending thousands of files one by one
     would copy the growing result each time); groups of the same name become one."""
     if len(parts) == 1:
@@ -269,7 +269,7 @@ def link_sources(
         for source in sources:
             _check_unique_ids(source, link_by)
     if link_by is None:
-        return _concatenate([source.structures for source in sources])
+        return concatenate([source.structures for source in sources])
     result = sources[0].structures
     result_ids = sources[0].ids
     for source in sources[1:]:
@@ -290,7 +290,7 @@ def link_sources(
         _add_labels_in_passes(result, source, matches)
         new = np.flatnonzero(matches < 0)
         if len(new):
-            result = _concatenate([result, s.select(new)])
+            result = concatenate([result, s.select(new)])
             if result_ids is not None and source.ids is not None:
                 result_ids = np.concatenate([result_ids, source.ids[new]])
     return result

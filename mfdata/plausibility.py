@@ -27,7 +27,15 @@ from pathlib import Path
 import numpy as np
 from ase.units import Hartree
 
-from mfdata.records import InvalidDataError, Label, LabelKey, Source, Structures
+from mfdata.linking import concatenate
+from mfdata.records import (
+    InvalidDataError,
+    Label,
+    LabelKey,
+    Source,
+    Structures,
+    empty_structures,
+)
 from mfdata.schema import StoreStatistics
 from mfdata.stats import (
     Composition,
@@ -77,15 +85,39 @@ def check_plausible(
 ) -> list[Finding]:
     """Every finding over the levels' energies (per structure, eV) and force RMS (eV/Å);
     ``units`` are the source units by (level, label), as the manifest records them."""
+    bound = _thomas_fermi(comp)
+    n_atoms = comp.counts.sum(axis=1)
+    terms = {}
+    for level, label in energies.items():
+        present = label.present & (bound > 0)
+        terms[level] = (label.values[present], bound[present], n_atoms[present])
+    return _findings(force_rms, terms, comp, energies, units)
+
+
+def _thomas_fermi(comp: Composition) -> np.ndarray:
+    """Each structure's Thomas-Fermi energy magnitude (eV)."""
+    return comp.counts @ (THOMAS_FERMI * comp.numbers.astype(np.float64) ** (7 / 3))
+
+
+EnergyTerms = tuple[np.ndarray, np.ndarray, np.ndarray]  # energies, their bound, atom counts
+
+
+def _findings(
+    force_rms: Mapping[str, float],
+    terms: Mapping[str, EnergyTerms],
+    comp: Composition,
+    energies: Mapping[str, Label],
+    units: Mapping[LabelKey, str],
+) -> list[Finding]:
+    """The three checks; the spread check on ``comp`` and ``energies``, which need hold only
+    the structures that have two energy levels or more."""
     found = [
         finding
         for level, rms in force_rms.items()
         if (finding := _forces(level, rms, units.get((level, "forces"), "eV/Å"))) is not None
     ]
-    bound = comp.counts @ (THOMAS_FERMI * comp.numbers.astype(np.float64) ** (7 / 3))
-    n_atoms = comp.counts.sum(axis=1)
-    for level, label in energies.items():
-        finding = _energies(level, label, bound, n_atoms, units.get((level, "energy"), "eV"))
+    for level, (values, bound, n_atoms) in terms.items():
+        finding = _energies(level, values, bound, n_atoms, units.get((level, "energy"), "eV"))
         if finding is not None:
             found.append(finding)
     levels = sorted(energies)
@@ -138,16 +170,16 @@ def _forces(level: str, rms: float, stated: str) -> Finding | None:
 
 
 def _energies(
-    level: str, label: Label, bound: np.ndarray, n_atoms: np.ndarray, stated: str
+    level: str, values: np.ndarray, bound: np.ndarray, n_atoms: np.ndarray, stated: str
 ) -> Finding | None:
-    present = label.present & (bound > 0)
-    if not present.any():
+    """``values``: the energies of the structures that have one, with their bounds."""
+    if not len(values):
         return None
-    ratio = float(np.median(np.abs(label.values[present]) / bound[present]))
+    ratio = float(np.median(np.abs(values) / bound))
     if not ratio > MAX_THOMAS_FERMI_RATIO:
         return None
     likely = _likely(stated, "energy", ratio, TYPICAL_THOMAS_FERMI_RATIO, 1.0)
-    per_atom = float(np.median(label.values[present] / n_atoms[present]))
+    per_atom = float(np.median(values / n_atoms))
     return Finding(
         level,
         "energy",
@@ -194,22 +226,66 @@ def _spread(
     )
 
 
+class RunningFindings:
+    """What the checks need of converted structures, gathered a part (an input file) at a time,
+    so a conversion file by file is checked as one in memory: force sums of squares; per
+    structure with an energy, the energy, its Thomas-Fermi bound and atom count; and the
+    structures with two energy levels or more (the spread check fits their compositions)."""
+
+    def __init__(self) -> None:
+        self.squares: dict[str, tuple[float, int]] = {}
+        self.terms: dict[str, list[EnergyTerms]] = {}
+        self.shared: list[Structures] = []
+        self.keys: set[LabelKey] = set()
+
+    def add(self, s: Structures) -> None:
+        self.keys.update(s.labels)
+        comp = composition(s.numbers, s.n_atoms)
+        bound, n_atoms = _thomas_fermi(comp), comp.counts.sum(axis=1)
+        n_energies = np.zeros(s.n_structures, dtype=np.int64)
+        for (level, kind), label in s.labels.items():
+            if kind == "forces" and label.present.any():
+                values = label.values[s.atom_mask(label.present)].astype(np.float64)
+                total, count = self.squares.get(level, (0.0, 0))
+                self.squares[level] = (total + float(np.sum(values**2)), count + values.size)
+            if kind == "energy":
+                present = label.present & (bound > 0)
+                part = (label.values[present], bound[present], n_atoms[present])
+                self.terms.setdefault(level, []).append(part)
+                n_energies += label.present
+        if (n_energies >= 2).any():
+            self.shared.append(s.select(np.flatnonzero(n_energies >= 2)))
+
+    def findings(self, sources: Sequence[Source]) -> list[str]:
+        """The findings as messages naming the files and keys they came from."""
+        force_rms = {level: float(np.sqrt(t / n)) for level, (t, n) in self.squares.items()}
+        terms = {
+            level: tuple(np.concatenate(column) for column in zip(*parts, strict=True))
+            for level, parts in self.terms.items()
+        }
+        shared = concatenate(self.shared) if self.shared else empty_structures()
+        energies = {
+            level: shared.labels.get(
+                (level, "energy"),
+                Label(np.zeros(shared.n_structures), np.zeros(shared.n_structures, dtype=bool)),
+            )
+            for level in terms
+        }
+        units = {
+            key: ", ".join(sorted({u for src in sources if (u := src.source_units.get(key))}))
+            for key in self.keys
+        }
+        comp = composition(shared.numbers, shared.n_atoms)
+        found = _findings(force_rms, terms, comp, energies, units)
+        return [f.message(_where(f, sources)) for f in found]
+
+
 def source_findings(structures: Structures, sources: Sequence[Source]) -> list[str]:
     """The findings on linked ``structures`` as messages naming the files and keys they came
     from (``convert`` refuses them unless overridden)."""
-    s = structures
-    energies = {level: label for (level, kind), label in s.labels.items() if kind == "energy"}
-    force_rms = {
-        level: float(np.sqrt(np.mean(label.values[s.atom_mask(label.present)] ** 2)))
-        for (level, kind), label in s.labels.items()
-        if kind == "forces" and label.present.any()
-    }
-    units = {
-        key: ", ".join(sorted({u for src in sources if (u := src.source_units.get(key))}))
-        for key in s.labels
-    }
-    found = check_plausible(composition(s.numbers, s.n_atoms), energies, force_rms, units)
-    return [f.message(_where(f, sources)) for f in found]
+    running = RunningFindings()
+    running.add(structures)
+    return running.findings(sources)
 
 
 def _where(finding: Finding, sources: Sequence[Source]) -> str:

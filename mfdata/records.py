@@ -20,6 +20,8 @@ from mfdata.schema import LABEL_KINDS
 LabelKey = tuple[str, str]  # (level id, label kind)
 
 DEFAULT_GEOMETRY_TOLERANCE = 1e-4  # Å
+# Input files a store can index: ``Structures.source`` is int16.
+MAX_SOURCES = int(np.iinfo(np.int16).max) + 1
 
 
 class InvalidDataError(MfkitError, ValueError):
