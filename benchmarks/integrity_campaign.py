@@ -453,7 +453,11 @@ def classify(result: dict, reference: dict[str, str]) -> dict:
     return out
 
 
-def flip_campaign(work: Path, base: Path, levels: list[str], per_file: int, jobs: int, seed: int):
+def flip_campaign(
+    work: Path, base: Path, levels: list[str], per_file: int, jobs: int, seed: int
+) -> dict:
+    """Every flip of :func:`flip_cases`, checked in ``jobs`` runners at once, against what the
+    clean store gives."""
     ref = in_fork(lambda: check_store(copy_store(base, work / "ref"), work / "ref-x", levels))
     reference = ref["result"]
     if not reference or any(
@@ -494,21 +498,18 @@ def _kind(rel: str) -> str:
 
 
 def summarise_flips(rows: list[dict]) -> dict:
-    consumers_ = [
-        k for k in rows[0] if k not in ("file", "offset", "mask", "why", "verify", "process")
-    ]
-    reached = [r for r in rows if any(r.get(c) == "REACHED" for c in consumers_)]
+    """The counts: caught by verify, reached, tracebacks, and bytes no value depends on."""
+    names = [k for k in rows[0] if k not in ("file", "offset", "mask", "why", "verify", "process")]
+    reached = [r for r in rows if any(r.get(c) == "REACHED" for c in names)]
     tracebacks = [
         r
         for r in rows
         if "process" in r
         or r["verify"].startswith(("traceback", "crash"))
-        or any(str(r.get(c)).startswith(("traceback", "crash")) for c in consumers_)
+        or any(str(r.get(c)).startswith(("traceback", "crash")) for c in names)
     ]
     caught = [r for r in rows if r["verify"] == "caught"]
-    unused = [
-        r for r in rows if r["verify"] == "silent" and all(r.get(c) == "same" for c in consumers_)
-    ]
+    unused = [r for r in rows if r["verify"] == "silent" and all(r.get(c) == "same" for c in names)]
     by_kind: dict[str, Counter] = {}
     for r in rows:
         c = by_kind.setdefault(_kind(r["file"]), Counter())
