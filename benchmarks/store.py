@@ -229,6 +229,44 @@ def aselmdb_case(work: Path, env: dict[str, str], n: int, n_files: int) -> dict:
     return out
 
 
+def aselmdb_memory_case(work: Path, env: dict[str, str], per_file: int, counts: list[int]) -> dict:
+    """Peak memory of converting K aselmdb files of ``per_file`` structures each, for each K in
+    ``counts``: a conversion file by file should stay flat in K (one file in memory)."""
+    groups = take(synthetic_groups(per_file * max(counts), seed=3), per_file * max(counts))
+    conformers = [
+        {"atomic_numbers": g["atomic_numbers"]}
+        | {k: g[k][c : c + 1] for k in ("coordinates", "wb97x_dz.energy", "wb97x_dz.forces")}
+        for g in groups
+        for c in range(len(g["coordinates"]))
+    ]
+    shards = work / "memory_shards"
+    shards.mkdir(exist_ok=True)
+    files = []
+    for k in range(max(counts)):
+        path = shards / f"data.{k:05d}.aselmdb"
+        write_aselmdb(path, conformers[k * per_file : (k + 1) * per_file])
+        files.append(path)
+    out = {"structures_per_file": per_file}
+    for n_files in counts:
+        log(f"aselmdb memory case: {n_files} files of {per_file}")
+        t = run_mfdata(
+            "convert",
+            *files[:n_files],
+            "--level",
+            "omol25",
+            "--out",
+            work / f"mem_{n_files}",
+            env=env,
+        )
+        out[f"{n_files}_files"] = {
+            "n_structures": n_files * per_file,
+            "wall_s": round(t["wall_s"], 2),
+            "cpu_s": round(t["cpu_s"], 2),
+            "max_rss_mb": round(t["max_rss_mb"]),
+        }
+    return out
+
+
 # --------------------------------------------------------------------------- mfkit
 
 
@@ -489,6 +527,11 @@ def main() -> None:
         action="store_true",
         help="only the aselmdb case (aselmdb vs HDF5 conversion, a glob of small files)",
     )
+    parser.add_argument(
+        "--aselmdb-memory",
+        help="only peak memory of K aselmdb files of --aselmdb-n structures each, for each K of "
+        "this comma-separated list (e.g. 100,1000)",
+    )
     parser.add_argument("--aselmdb-n", type=int, help="structures (default 100k; quick 2k)")
     parser.add_argument("--aselmdb-files", type=int, help="small files (default 10k; quick 200)")
     args = parser.parse_args()
@@ -520,6 +563,12 @@ def main() -> None:
     try:
         n_asel = args.aselmdb_n or (2_000 if args.quick else 100_000)
         n_asel_files = args.aselmdb_files or (200 if args.quick else 10_000)
+        if args.aselmdb_memory:
+            counts = [int(k) for k in args.aselmdb_memory.split(",")]
+            result = {"machine": result["machine"]}
+            result["aselmdb_memory"] = aselmdb_memory_case(work, env, args.aselmdb_n or 20, counts)
+            print(json.dumps(result))
+            return
         if args.only_aselmdb:
             result = {"machine": result["machine"]}
             result["aselmdb"] = aselmdb_case(work, env, n_asel, n_asel_files)
