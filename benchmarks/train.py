@@ -259,6 +259,7 @@ def time_steps(module, batches: list[dict], warmup: int, steps: int, device: str
         "ms_per_step_iqr": [round(1e3 * float(q), 2) for q in np.percentile(measured, [25, 75])],
         "samples_per_s": round(frames / float(np.median(measured)), 1),
         "steps": len(measured),
+        "warmup_s": round(float(np.sum(timer.steps[:warmup])), 2),  # compiling, where compiled
     }
     if device == "cuda":
         result["peak_mib"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
@@ -290,23 +291,29 @@ def step_matrix(
             avg = average_neighbours(_dataset(store, level, types))
             arch = architecture(types, avg, dtype)
             ef, e = batches["energy_forces"], batches["energy"]
-            configs = _configs(args.quick)
+            configs = _configs(args.quick, args.compile)
             for name, (kind, heads, variant, batch_kind) in configs.items():
                 key = f"{name}/{dtype}/bs{batch_size}"
+                compiled = name.endswith("_compile")
+                built = {**arch, "compile_mode": "compile"} if compiled else arch
                 if kind == "nequip":
-                    module = nequip_module(arch, shifts, scales)
+                    module = nequip_module(built, shifts, scales)
                     chosen = for_nequip(ef)
                 else:
-                    module = mfkit_module(arch, shifts, scales, heads, variant)
+                    module = mfkit_module(built, shifts, scales, heads, variant)
                     source = e if batch_kind == "energy" else ef
                     chosen = with_heads(source, heads if batch_kind == "mixed" else 1)
-                results[key] = time_steps(module, chosen, args.warmup, args.steps, args.device)
+                # a compiled model compiles at its first step and for new batch shapes: warm up
+                # over every distinct batch, and report the compile time apart
+                warmup = max(args.warmup, 2 * len(chosen)) if compiled else args.warmup
+                results[key] = time_steps(module, chosen, warmup, args.steps, args.device)
                 log(f"  {store.name} {key}: {results[key]}")
     return results
 
 
-def _configs(quick: bool) -> dict[str, tuple[str, int, str, str]]:
-    """name -> (nequip or mfkit, heads, variant, batch kind)."""
+def _configs(quick: bool, compile_: bool) -> dict[str, tuple[str, int, str, str]]:
+    """name -> (nequip or mfkit, heads, variant, batch kind); ``*_compile``: nequip's
+    train-time compile mode (``compile_mode: compile``, torch.compile)."""
     configs = {
         "nequip": ("nequip", 1, "", "energy_forces"),
         "single": ("mfkit", 1, "multihead", "energy_forces"),
@@ -320,6 +327,11 @@ def _configs(quick: bool) -> dict[str, tuple[str, int, str, str]]:
             "multihead8_mixed": ("mfkit", 8, "multihead", "mixed"),
             "delta_mixed": ("mfkit", 2, "delta", "mixed"),
             "fidelity_embedding_mixed": ("mfkit", 3, "fidelity_embedding", "mixed"),
+        }
+    if compile_:
+        configs |= {
+            "nequip_compile": ("nequip", 1, "", "energy_forces"),
+            "multihead3_compile": ("mfkit", 3, "multihead", "energy_forces"),
         }
     return configs
 
@@ -519,6 +531,12 @@ def headline(steps: dict[str, dict], e2e: dict[str, dict], prefix: str) -> dict[
                 out[f"{other}_vs_nequip_step/{suffix}"] = ratio(found, base)
         e, ef = steps[f"multihead3_energy_only/{dtype}/{bs}"], steps[f"multihead3/{dtype}/{bs}"]
         out[f"energy_only_vs_energy_forces_step/{suffix}"] = ratio(e, ef)
+        for name in ("nequip", "multihead3"):
+            compiled = steps.get(f"{name}_compile/{dtype}/{bs}")
+            if compiled is not None:
+                out[f"{name}_compile_vs_eager_step/{suffix}"] = ratio(
+                    compiled, steps[f"{name}/{dtype}/{bs}"]
+                )
     if e2e:
         out[f"fit_vs_nequip_train_step/{prefix}"] = ratio(e2e["mftrain"], e2e["nequip"])
     return out
@@ -534,6 +552,9 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--batches", type=int, default=8, help="distinct batches cycled")
     parser.add_argument("--workdir", default=None)
+    parser.add_argument(
+        "--compile", action="store_true", help="also nequip's train-time compile mode (slow)"
+    )
     args = parser.parse_args()
     args.steps = args.steps or (20 if args.quick else 60)
     args.e2e_steps = 60 if args.quick else 300
@@ -589,6 +610,7 @@ def main() -> None:
             "end_to_end_batch": args.e2e_batch,
             "end_to_end_dtype": args.e2e_dtype,
             "synthetic_structures": None if args.quick else args.n,
+            "compile": args.compile,
         },
         "machine": {
             "python": platform.python_version(),

@@ -66,7 +66,10 @@ class HeadIndex(GraphModuleMixin, torch.nn.Module):
             per_frame = torch.full((frames,), self.fixed, dtype=torch.long, device=types.device)
         elif AtomicDataDict.DATASET_KEY in data:
             per_frame = data[AtomicDataDict.DATASET_KEY].view(-1).to(torch.long)
-            if bool(((per_frame < 0) | (per_frame >= self.num_heads)).any()):
+            # not while nequip's compile mode traces the model (symbolic shapes): a check of the
+            # values cannot be traced, and the batches it trains on come from mfkit's loader
+            traced = isinstance(per_frame.shape[0], torch.SymInt)
+            if not traced and bool(((per_frame < 0) | (per_frame >= self.num_heads)).any()):
                 raise ValueError(
                     f"a frame's `dataset` (head index) is outside the model's {self.num_heads} "
                     f"head(s): {sorted(set(per_frame.tolist()))}"

@@ -131,6 +131,35 @@ def test_head_index_outside_the_heads_is_refused(dataset):
             model(batch)
 
 
+def test_head_index_traces_with_symbolic_shapes():
+    """nequip's compile mode traces the model with symbolic shapes (``make_fx``): the head index
+    traces (its value check, which cannot be traced, is eager only) and gives eager's heads."""
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    from mftrain.nn import HeadIndex
+
+    index = HeadIndex(num_heads=3)
+
+    def heads(types, batch, dataset):
+        data = {
+            AtomicDataDict.ATOM_TYPE_KEY: types,
+            AtomicDataDict.BATCH_KEY: batch,
+            AtomicDataDict.DATASET_KEY: dataset,
+        }
+        return index(data)[HEAD_KEY]
+
+    types = torch.zeros(7, dtype=torch.long)
+    batch = torch.tensor([0, 0, 1, 1, 1, 2, 2])
+    dataset = torch.tensor([[2], [0], [1]])
+    traced = make_fx(heads, tracing_mode="symbolic")(types, batch, dataset)
+    assert traced(types, batch, dataset).tolist() == [2, 2, 0, 0, 0, 1, 1]
+    other = torch.tensor([0, 1, 1, 1, 1])
+    assert (
+        traced(types[:5], other, dataset[:2]).tolist()
+        == heads(types[:5], other, dataset[:2]).tolist()
+    )
+
+
 def test_bad_head_config_is_refused():
     with pytest.raises(ValueError, match="keys must be the levels"):
         build(per_level_energy_scales={"wb97x-631gd": 1.0})
