@@ -40,6 +40,7 @@ from mfdata.errors import MfkitError
 from mfdata.files import atomic_write_text
 from mfdata.progress import Echo, silent
 from mfdata.registry import open_store
+from mfdata.store.lmdb_store import pack, pack_is_current
 from mfdata.store.manifest import StoreError
 from mfdata.store.store import Store
 from mftrain.checkpoint import MONITOR, read_checkpoint
@@ -112,6 +113,8 @@ def require_prepared(store: Store, config: TrainConfig) -> None:
     needed = []
     if store.manifest.lmdb is None:
         needed.append(f"mfdata pack {path}")
+    elif not pack_is_current(store.manifest):
+        needed.append(f"mfdata pack --force {path}")
     if any(level not in store.manifest.statistics.levels for level in store.levels):
         needed.append(f"mfdata stats {path}")
     if config.data.split not in store.manifest.splits:
@@ -132,7 +135,6 @@ def prepare_stores(config: TrainConfig, echo: Echo, modify: bool = True) -> list
     """Open the stores, packing them, computing statistics and making the split where missing
     (with ``modify=False``, refusing a store that lacks any of them)."""
     from mfdata.stats import StatisticsWarning, all_warnings, update_statistics
-    from mfdata.store.lmdb_store import pack
     from mfdata.store.lock import store_lock
 
     if not config.data.stores:
@@ -151,6 +153,12 @@ def prepare_stores(config: TrainConfig, echo: Echo, modify: bool = True) -> list
             if store.manifest.lmdb is None:
                 echo(f"{store.path}: not packed for the loader; packing it (mfdata pack)")
                 pack(store.path)
+            elif not pack_is_current(store.manifest):
+                echo(
+                    f"{store.path}: its LMDB pack is outdated (an older layout, or packed from "
+                    "another version of the store); re-packing it (mfdata pack --force)"
+                )
+                pack(store.path, force=True)
             missing = [lvl for lvl in store.levels if lvl not in store.manifest.statistics.levels]
             if missing:
                 echo(f"{store.path}: computing per-level statistics for the heads (mfdata stats)")

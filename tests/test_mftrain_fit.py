@@ -262,3 +262,27 @@ def test_killed_fit_resumes_from_last_checkpoint(tmp_path, stores):
     prepared = prepare(with_overrides(load_config(other), {"out": str(out)}), echo=print)
     with pytest.raises(ConfigError, match="another configuration.*num_features"):
         write_run(prepared)
+
+
+def test_fit_repacks_a_pack_of_an_older_layout(tmp_path, stores):
+    """A store packed before per-record checksums (LMDB layout 1) is re-packed by fit's store
+    preparation, as an unpacked store is packed; processes a launcher starts together are told
+    to re-pack it first."""
+    import shutil
+
+    from mfdata.store.manifest import write_manifest
+    from mftrain.config import ConfigError, TrainConfig
+    from mftrain.train import prepare_stores
+
+    store = tmp_path / "acac"
+    shutil.copytree(stores["acac"], store)
+    manifest = Store(store).manifest
+    old = manifest.lmdb.model_copy(update={"layout_version": 1})
+    write_manifest(store, manifest.model_copy(update={"lmdb": old}))
+    config = TrainConfig.model_validate({"data": {"stores": [str(store)]}})
+    with pytest.raises(ConfigError, match=f"mfdata pack --force {store}"):
+        prepare_stores(config, print, modify=False)
+    said: list[str] = []
+    prepare_stores(config, said.append)
+    assert any("LMDB pack is outdated" in line and "re-packing" in line for line in said)
+    assert Store(store).manifest.lmdb.layout_version == 2 and Store(store).verify() == []

@@ -507,6 +507,16 @@ class _ShardWriter:
         self.env.close()
 
 
+def pack_is_current(manifest: DatasetManifest) -> bool:
+    """Whether the store's LMDB pack exists, has this layout and holds the store's data."""
+    info = manifest.lmdb
+    return (
+        info is not None
+        and info.layout_version == LAYOUT_VERSION
+        and info.checksum == manifest.checksum
+    )
+
+
 def pack(store_path: str | Path, shards: int | None = None, force: bool = False) -> LmdbInfo:
     """Write the LMDB shards of a store and record them in its manifest, atomically.
 
