@@ -3,7 +3,8 @@
 A file written with :func:`atomic_write_text` or :func:`atomic_file` is either the old file or
 the complete new one, never a mixture: the content goes to a temporary sibling with a random name,
 created exclusively (``O_EXCL``, so a file or symlink planted there is never followed), is flushed
-to disk, and is renamed over the target.
+to disk, and is renamed over the target. A killed writer's temporary file is removed by the
+next write of the same target (a writer holds a lock on its own, so a live one's never is).
 
 :func:`kill_point` marks the instants between the steps of a commit (before a rename, between a
 rename and the manifest that commits it); the tests of interrupted writes kill a real process
@@ -13,6 +14,8 @@ there, and nothing else uses it.
 from __future__ import annotations
 
 import errno
+import fcntl
+import glob
 import hashlib
 import os
 import shutil
@@ -61,18 +64,50 @@ def file_sha256(path: str | Path) -> str:
     return digest.hexdigest()
 
 
+def _claimed_temporary(target: Path) -> tuple[int, Path]:
+    """A new temporary file beside ``target``, locked (``flock``) by this process while it
+    writes: a lock that :func:`_remove_abandoned` can take means its writer is gone."""
+    while True:
+        with writing(target.parent):
+            fd, name = tempfile.mkstemp(
+                prefix=f".{target.name}.", suffix=".partial", dir=target.parent
+            )
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        try:
+            if os.stat(name, follow_symlinks=False).st_ino == os.fstat(fd).st_ino:
+                return fd, Path(name)
+        except FileNotFoundError:
+            pass  # removed as abandoned between its creation and the lock: take another name
+        os.close(fd)
+
+
+def _remove_abandoned(target: Path) -> None:
+    """Remove the temporary files of writers of ``target`` that were killed (unlocked ones)."""
+    for path in target.parent.glob(f".{glob.escape(target.name)}.*.partial"):
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+        except OSError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            path.unlink(missing_ok=True)  # while holding its lock: never a live writer's file
+        except OSError:
+            pass  # locked: its writer is alive
+        finally:
+            os.close(fd)
+
+
 @contextmanager
 def atomic_file(target: str | Path) -> Iterator[Path]:
     """A fresh temporary path beside ``target`` that replaces it when the block succeeds.
 
     The temporary file exists (empty) when the block starts; on an exception it is removed and
-    ``target`` is untouched.
+    ``target`` is untouched. Temporary files that killed writers of ``target`` left behind are
+    removed first.
     """
     target = Path(target)
-    with writing(target.parent):
-        fd, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".partial", dir=target.parent)
-    os.close(fd)
-    tmp = Path(name)
+    _remove_abandoned(target)
+    fd, tmp = _claimed_temporary(target)
     try:
         yield tmp
         with open(tmp, "rb+") as handle:
@@ -82,6 +117,8 @@ def atomic_file(target: str | Path) -> Iterator[Path]:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+    finally:
+        os.close(fd)
 
 
 def atomic_write_text(target: str | Path, text: str) -> None:

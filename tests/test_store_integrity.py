@@ -208,6 +208,25 @@ def test_the_next_convert_removes_what_killed_converts_left_beside_it(tmp_path, 
     assert sorted(p.name for p in tmp_path.iterdir()) == ["b"]
 
 
+def test_the_next_export_removes_what_a_killed_export_left_beside_it(tmp_path, store):
+    """A killed export's temporary file goes with the next write of that file; a temporary
+    file whose writer is alive (holding its lock) stays."""
+    import fcntl
+
+    out = tmp_path / "x.xyz"
+    args = ("export", store, "--level", LEVEL, "--out", out)
+    proc = _cli(*args, env={KILL_AT: "replace:x.xyz"})
+    proc.communicate(timeout=120)
+    assert proc.returncode == -signal.SIGKILL and not out.exists()
+    (left,) = tmp_path.glob(".x.xyz.*.partial")
+    live = tmp_path / ".x.xyz.live.partial"
+    with open(live, "w") as handle:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+        run_cli(*args)
+        assert out.is_file() and not left.exists() and live.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == [live.name, "s", "x.xyz"]
+
+
 # --------------------------------------------------------------------------- 3. read paths
 
 
