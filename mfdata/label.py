@@ -266,15 +266,17 @@ def read_journal(path: Path) -> tuple[dict | None, dict[int, dict], int]:
         return None, {}, 0
     try:
         header = json.loads(lines[0])
-    except ValueError as exc:
-        raise InvalidDataError(f"{path}: line 1 is not a journal header: {exc}") from exc
+        if not isinstance(header, dict):
+            raise ValueError("not a JSON object")
+    except (ValueError, RecursionError) as exc:  # hostile nesting too: one line, no traceback
+        raise InvalidDataError(f"{path}: line 1 is not a journal header: {exc!r}") from exc
     results: dict[int, dict] = {}
     for number, line in enumerate(lines[1:], start=2):
         try:
             record = json.loads(line)
             index = int(record["i"])
-        except (ValueError, KeyError, TypeError) as exc:
-            raise InvalidDataError(f"{path}: line {number} is damaged: {exc}") from exc
+        except (ValueError, KeyError, TypeError, RecursionError) as exc:
+            raise InvalidDataError(f"{path}: line {number} is damaged: {exc!r}") from exc
         if index in results:
             raise InvalidDataError(f"{path}: line {number}: structure {index} appears twice")
         results[index] = record

@@ -292,3 +292,21 @@ def test_bundled_store_has_three_nested_levels_and_a_scoring_split():
     assert {run.level for run in store.manifest.provenance.labelling} == set(counts)
     assert store.manifest.licence.startswith("MIT")
     assert (packaged / "manifest.json").read_bytes() == manifest_before
+
+
+def test_a_damaged_or_hostile_journal_is_one_line(tmp_path):
+    """A journal line that is not JSON, not an object, or nested beyond Python's recursion
+    limit is an error naming the file and the line, never a traceback or a skipped line."""
+    from mfdata.errors import MfkitError
+
+    journal = tmp_path / "label.journal"
+    deep = "[" * 100_000 + "]" * 100_000
+    for lines, where in (
+        ([deep, ""], "line 1"),
+        (["[1, 2]", ""], "line 1"),
+        (['{"plan": 1}', deep, '{"i": 0}', ""], "line 2"),
+        (['{"plan": 1}', "{", '{"i": 0}', ""], "line 2"),
+    ):
+        journal.write_text("\n".join(lines), encoding="utf-8")
+        with pytest.raises(MfkitError, match=f"^{journal}: {where} "):
+            read_journal(journal)
