@@ -22,7 +22,7 @@ LEVELS = ["wb97x-631gd", "ccsdt-star-cbs", "pbe-d3-def2svp"]
 
 
 def tiny_config(path: Path, stores: list[str], **sections) -> Path:
-    """A tiny model (2 layers, l_max 1, 8 features) and quiet, small-step training."""
+    """A tiny model (2 layers, l_max 1, 8 features) and quiet, small-step training in float64."""
     config = {
         "data": {"stores": stores, "batch_size": 8},
         "model": {
@@ -34,6 +34,7 @@ def tiny_config(path: Path, stores: list[str], **sections) -> Path:
         },
         "trainer": {
             "max_steps": 20,
+            "precision": "float64",  # the tests compare numbers at float64 tolerances
             "progress_bar": False,
             "log_every_n_steps": 5,
             "checkpoint_every_n_steps": 10,
