@@ -317,8 +317,9 @@ def paired_steps(runs: dict[str, tuple], warmup: int, steps: int) -> dict[str, d
     }
 
 
-def paired_matrix(store: Path, level: str, dtype: str, batch_size: int, args) -> dict[str, dict]:
-    """Part 1's configurations on ``store``, timed by :func:`paired_steps`."""
+def _setting(store: Path, level: str, dtype: str, batch_size: int, args):
+    """What every configuration of one (dtype, batch size) shares: the batches, the
+    architecture and the first level's per-type shifts and scales."""
     import torch
     from nequip.utils.global_state import set_global_state
 
@@ -331,8 +332,13 @@ def paired_matrix(store: Path, level: str, dtype: str, batch_size: int, args) ->
     batches = read_batches(store, level, batch_size, args.batches, dtype)
     types = _type_names(store)
     init = head_initialisation([Store(store)], [level], types)
-    shifts, scales = init.shifts[level], init.scales[level]
     arch = architecture(types, average_neighbours(_dataset(store, level, types)), dtype)
+    return batches, arch, init.shifts[level], init.scales[level]
+
+
+def paired_matrix(store: Path, level: str, dtype: str, batch_size: int, args) -> dict[str, dict]:
+    """Part 1's configurations on ``store``, timed by :func:`paired_steps`."""
+    batches, arch, shifts, scales = _setting(store, level, dtype, batch_size, args)
     runs = {}
     for name, (kind, heads, variant, batch_kind) in _configs(args.quick, False).items():
         if kind == "nequip":
@@ -348,24 +354,10 @@ def step_matrix(
     store: Path, level: str, dtypes: list[str], batch_sizes: list[int], args
 ) -> dict[str, dict]:
     """Every configuration of part 1 on ``store``; keys ``MODEL/BATCH/DTYPE/bsN``."""
-    import torch
-    from nequip.utils.global_state import set_global_state
-
-    from mfdata.store.store import Store
-    from mftrain.heads import head_initialisation
-    from mftrain.train import average_neighbours
-
     results: dict[str, dict] = {}
     for dtype in dtypes:
         for batch_size in batch_sizes:
-            set_global_state()
-            torch.set_num_threads(args.threads)
-            batches = read_batches(store, level, batch_size, args.batches, dtype)
-            types = _type_names(store)
-            init = head_initialisation([Store(store)], [level], types)
-            shifts, scales = init.shifts[level], init.scales[level]
-            avg = average_neighbours(_dataset(store, level, types))
-            arch = architecture(types, avg, dtype)
+            batches, arch, shifts, scales = _setting(store, level, dtype, batch_size, args)
             ef, e = batches["energy_forces"], batches["energy"]
             configs = _configs(args.quick, args.compile)
             for name, (kind, heads, variant, batch_kind) in configs.items():
