@@ -19,6 +19,7 @@ from ase.data import chemical_symbols
 from pydantic import ValidationError
 
 from mfdata.errors import MfkitError, UsageError
+from mfdata.home import home
 from mfdata.levels import CatalogError, UnknownLevelError, registry, resolve_level
 from mfdata.resources import catalog_dir
 from mfdata.schema import UNKNOWN, CatalogEntry, label_kind
@@ -122,23 +123,37 @@ def load_entry(text: str, where: str) -> CatalogEntry:
     return entry
 
 
-def load_catalog(directory: str | Path | Traversable | None = None) -> dict[str, CatalogEntry]:
-    """Every entry in ``directory`` (default: the packaged ``catalogs/``), by name, sorted.
+def user_catalog_dir() -> Path:
+    """The user's own entries (``$MFKIT_HOME/catalogs/NAME.yaml``): a dataset the package does not
+    list, or a mirror of one, downloads and converts like a packaged entry."""
+    return home() / "catalogs"
 
-    One invalid file fails the whole load, so nothing is converted from a broken catalog.
+
+def load_catalog(directory: str | Path | Traversable | None = None) -> dict[str, CatalogEntry]:
+    """Every entry in ``directory`` (default: the packaged ``catalogs/``, then the user's
+    :func:`user_catalog_dir` where it exists), by name, sorted.
+
+    One invalid file fails the whole load, so nothing is converted from a broken catalog; a name
+    or alias that two entries claim is an error, so a user's entry never shadows a packaged one.
     """
-    folder = catalog_dir() if directory is None else directory
-    if isinstance(folder, str):
-        folder = Path(folder)
-    if not folder.is_dir():
-        raise CatalogError(f"{folder}: catalog directory not found")
+    if directory is None:
+        user = user_catalog_dir()
+        folders = [catalog_dir(), *([user] if user.is_dir() else [])]
+    else:
+        folders = [Path(directory) if isinstance(directory, str) else directory]
+    for folder in folders:
+        if not folder.is_dir():
+            raise CatalogError(f"{folder}: catalog directory not found")
+    items = [item for folder in folders for item in sorted(folder.iterdir(), key=lambda f: f.name)]
     entries: dict[str, CatalogEntry] = {}
     owners: dict[str, str] = {}
-    for item in sorted(folder.iterdir(), key=lambda f: f.name):
+    for item in items:
         if not item.name.endswith((".yaml", ".yml")) or item.name in NOT_ENTRIES:
             continue
         where = str(item)
         entry = load_entry(item.read_text(encoding="utf-8"), where)
+        if entry.name in entries:
+            raise CatalogError(f"{where}: entry {entry.name!r} is defined twice; rename one")
         for key in (entry.name, *entry.aliases):
             owner = owners.setdefault(_key(key), entry.name)
             if owner != entry.name:
@@ -285,6 +300,8 @@ def describe(entry: CatalogEntry) -> str:
         shown = ", ".join(f"{k}={v}" for k, v in options.items())
         lines.append(f"  reader: {entry.reader.format}{' (' + shown + ')' if shown else ''}")
         lines.append(f"  convert: mfdata convert FILE --catalog {entry.name} --out STORE")
+    if entry.files:
+        lines.append(f"  download: mfdata download {entry.name} ({len(entry.files)} files)")
     if entry.notes:
         lines.append(f"  notes: {entry.notes.strip()}")
     return "\n".join(lines)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import re
+from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -443,6 +444,55 @@ class CatalogReader(_Model):
     group_key: str | None = Field(None, description="Info key naming a structure's molecule.")
 
 
+# A downloaded file's local name: no path separators, no leading dot, nothing a shell expands.
+FILE_NAME_PATTERN = r"^[A-Za-z0-9_+-][A-Za-z0-9._+-]{0,254}$"
+# Names a download directory keeps for itself: the record of downloads, and partial transfers.
+DOWNLOAD_LOG = "downloads.json"
+PART_SUFFIX = ".part"
+Sha256 = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
+
+
+class CatalogFile(_Model):
+    """One file of a public dataset that ``mfdata download`` fetches, and what it must be."""
+
+    name: str = Field(
+        pattern=FILE_NAME_PATTERN,
+        description="Local file name (no path separators, no leading dot): what the reader and "
+        "the isolated_atoms_file name refer to.",
+    )
+    url: str = Field(pattern=r"^https?://\S+$", description="Where the file is served.")
+    sha256: Sha256 | Unknown = Field(
+        description="Hex sha256 of the file's bytes, or 'unknown' where it could not be checked."
+    )
+    size: Count = Field(description="Size in bytes, or 'unknown'.")
+    notes: str | None = Field(None, description="Where the URL, size and checksum come from.")
+
+    @field_validator("name")
+    @classmethod
+    def _not_reserved(cls, name: str) -> str:
+        if name == DOWNLOAD_LOG or name.endswith(PART_SUFFIX):
+            raise ValueError(f"{DOWNLOAD_LOG} and names ending {PART_SUFFIX} are mfkit's own")
+        return name
+
+
+class DownloadedFile(_Model):
+    """A file ``mfdata download`` fetched and checked: what it was when it was renamed into place,
+    so that a file whose catalog checksum is unknown can be checked later and pinned."""
+
+    name: str = Field(pattern=FILE_NAME_PATTERN)
+    url: str = Field(pattern=r"^https?://\S+$")
+    size: int = Field(ge=0, description="Bytes.")
+    sha256: Sha256
+    downloaded: datetime = Field(description="When it was checked and renamed into place.")
+
+
+class DownloadLog(_Model):
+    """``DIR/downloads.json``: the files of one catalog entry downloaded into DIR."""
+
+    entry: str = Field(pattern=LEVEL_ID_PATTERN, description="The catalog entry's name.")
+    files: list[DownloadedFile] = Field(default_factory=list)
+
+
 class CatalogEntry(_Model):
     """``catalogs/<name>.yaml``: one public dataset, what it holds, and how mfkit converts it.
 
@@ -468,6 +518,11 @@ class CatalogEntry(_Model):
         description="How mfkit converts the files; null where no reader exists yet."
     )
     format: str | None = Field(None, description="The files' format; required when reader is null.")
+    files: list[CatalogFile] = Field(
+        default_factory=list,
+        description="The files 'mfdata download' fetches; empty where no download URL could be "
+        "stated.",
+    )
     notes: str | None = None
 
     @model_validator(mode="after")
@@ -476,11 +531,20 @@ class CatalogEntry(_Model):
             raise ValueError("reader is null: describe the files in 'format'")
         return self
 
+    @model_validator(mode="after")
+    def _distinct_file_names(self) -> CatalogEntry:
+        names = [f.name for f in self.files]
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:
+            raise ValueError(f"files: {', '.join(twice)} listed more than once")
+        return self
+
 
 SCHEMA_MODELS: dict[str, type[BaseModel]] = {
     "manifest": DatasetManifest,
     "levels": LevelRegistry,
     "catalog": CatalogEntry,
+    "downloads": DownloadLog,
     "selection": Selection,
     "split": SplitInfo,
 }
