@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 import zarr
 from zarr.codecs import BloscCodec
+from zarr.storage import StoreLike
 
 from mfdata.records import LabelKey
 from mfdata.schema import DatasetManifest
@@ -54,7 +55,7 @@ class StructureIndex:
         return len(self.n_atoms)
 
     @classmethod
-    def read(cls, zarr_path: str, manifest: DatasetManifest, where: object) -> StructureIndex:
+    def read(cls, zarr_path: StoreLike, manifest: DatasetManifest, where: object) -> StructureIndex:
         """The index of the store at ``where``: its arrays checked against the manifest's
         checksums and its label columns against the manifest's labels, so a query never runs
         on damaged data."""

@@ -322,13 +322,12 @@ def store_findings(store: Store, statistics: StoreStatistics) -> list[str]:
     return [f.message(str(store.path)) for f in found]
 
 
-def update_checked_statistics(
-    path: str | Path, allow_implausible: bool = False
+def checked_statistics(
+    store: Store, allow_implausible: bool = False
 ) -> tuple[StoreStatistics, list[str]]:
-    """``mfdata stats``: a store's statistics, saved in its manifest unless a finding refuses
-    them; a store whose manifest records an override (or ``allow_implausible``, then recorded)
-    keeps them, and the findings are returned for the user to see."""
-    store = Store(path)
+    """A store's statistics unless a finding refuses them; a store whose manifest records an
+    override (or ``allow_implausible``) keeps them, and the findings are returned for the user
+    to see."""
     stats = store_statistics(store)
     found = store_findings(store, stats)
     if found and not (allow_implausible or store.manifest.provenance.implausible_allowed):
@@ -338,5 +337,14 @@ def update_checked_statistics(
             + " (convert again with the right --units; if the values are right, run mfdata stats "
             "--allow-implausible, which the manifest records)"
         )
+    return stats, found
+
+
+def update_checked_statistics(
+    path: str | Path, allow_implausible: bool = False
+) -> tuple[StoreStatistics, list[str]]:
+    """``mfdata stats``: :func:`checked_statistics`, saved in the store's manifest (with
+    ``allow_implausible``, the override recorded)."""
+    stats, found = checked_statistics(Store(path), allow_implausible)
     save_statistics(path, stats, found if allow_implausible else [])
     return stats, found

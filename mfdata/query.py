@@ -105,7 +105,7 @@ def select(stores: list[Store], spec: QuerySpec) -> Selection:
         chosen.append(
             SelectedStore(
                 name=store.manifest.name,
-                path=str(store.path.resolve()),
+                path=store.location,
                 checksum=store.manifest.checksum,
                 n_structures=len(index),
                 n_selected=len(indices),

@@ -17,6 +17,7 @@ from mfdata.home import home
 from mfdata.schema import check_name
 from mfdata.store.lock import locked
 from mfdata.store.manifest import StoreError, parse_json_object
+from mfdata.store.remote import is_url
 from mfdata.store.store import Store
 
 
@@ -62,7 +63,13 @@ def check_name_free(name: str, path: str | Path) -> None:
 
 
 def open_store(name_or_path: str | Path) -> Store:
-    """A store by path, or by its registered name."""
+    """A store by path, or by its registered name (a store at a URL is read-only: those that
+    read one open it with ``mfdata.loading.sources.open_source``)."""
+    if is_url(name_or_path):
+        raise StoreError(
+            f"{name_or_path}: a store at a URL is read-only here (info, verify, query, stats and "
+            "the Zarr reader take one); this command needs a local store"
+        )
     path = Path(name_or_path)
     if path.exists():
         return Store(path)

@@ -251,7 +251,8 @@ def test_each_chunk_is_fetched_once_per_epoch(stores, memory_urls, aligned):
     name = "acac_aligned" if aligned else "acac_unaligned"
     prefix = memory_urls[name].removeprefix("memory://")
     url = "countmem://" + prefix.lstrip("/")
-    dataset = ZarrFidelityDataset([url], ["pbe-d3-def2svp"])
+    # the reader's own fetches: no chunk cache (tests/test_s3_store.py counts the cache's)
+    dataset = ZarrFidelityDataset([url], ["pbe-d3-def2svp"], chunk_cache_bytes=0)
     wanted = _chunk_keys(
         stores[name],
         [
@@ -284,7 +285,7 @@ def test_each_chunk_is_fetched_once_per_epoch(stores, memory_urls, aligned):
     # the plain shuffled order, same cache: chunks fetched again and again
     CountingFS.reads.clear()
     plain = FidelityBatchSampler(dataset.pools, dataset.n_atoms, batch_size=4, seed=0)
-    fresh = ZarrFidelityDataset([url], ["pbe-d3-def2svp"])
+    fresh = ZarrFidelityDataset([url], ["pbe-d3-def2svp"], chunk_cache_bytes=0)
     _read_in_order(fresh, plain)
     assert sum(_chunk_fetches(prefix).values()) > 2 * len(wanted)
 

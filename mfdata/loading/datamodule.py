@@ -25,6 +25,7 @@ from mfdata.loading.sources import open_source
 from mfdata.loading.zarr_dataset import ZarrFidelityDataset
 from mfdata.registry import open_store
 from mfdata.sampler import FidelityBatchSampler, LevelMixing
+from mfdata.store.remote import DEFAULT_CACHE_BYTES
 
 
 def _target(cls: type) -> str:
@@ -64,8 +65,10 @@ class FidelityDataModule(NequIPDataModule):
     ``test_part``. Training batches mix levels as ``mixing`` says, ``batch_size`` structures or
     ``max_atoms`` atoms each; ``epoch_size`` is the number of samples per epoch (all ranks).
     ``reader="zarr"`` reads the Zarr groups instead of LMDB shards (stores may then be fsspec
-    URLs, opened with ``storage_options``), with chunk-aligned block shuffling. Loaders are
-    :class:`FidelityDataLoader`: with ``num_workers > 0`` workers send packed batches.
+    URLs, opened with ``storage_options``), with chunk-aligned block shuffling; a URL's chunks
+    are cached on local disk, at most ``chunk_cache_bytes`` per process and store (see
+    :mod:`mfdata.store.remote`). Loaders are :class:`FidelityDataLoader`: with
+    ``num_workers > 0`` workers send packed batches.
     """
 
     def __init__(
@@ -91,13 +94,14 @@ class FidelityDataModule(NequIPDataModule):
         num_workers: int = 0,
         reader: Literal["lmdb", "zarr"] = "lmdb",
         storage_options: dict | None = None,
+        chunk_cache_bytes: int = DEFAULT_CACHE_BYTES,
     ):
         stores = [str(s) for s in stores]
         if reader not in ("lmdb", "zarr"):
             raise UsageError(f"reader {reader!r}: expected 'lmdb' or 'zarr'")
         # opened first: a store's manifest defines its levels, registered here or not
         if reader == "zarr":
-            opened = [open_source(s, storage_options) for s in stores]
+            opened = [open_source(s, storage_options, chunk_cache_bytes) for s in stores]
         else:
             opened = [open_store(s) for s in stores]
         if type_names is None:
@@ -117,6 +121,7 @@ class FidelityDataModule(NequIPDataModule):
         if reader == "zarr":
             common["_target_"] = _target(ZarrFidelityDataset)
             common["storage_options"] = storage_options
+            common["chunk_cache_bytes"] = chunk_cache_bytes
         parts = {"train": (train_part, subset), "val": (val_part, None), "test": (test_part, None)}
         configs = {
             stage: {**common, "split": f"{split}:{part}", "subset": size}

@@ -14,7 +14,6 @@ from collections.abc import Callable, Sequence
 from nequip.data import AtomicDataDict
 
 from mfdata.loading.samples import FidelitySamples
-from mfdata.loading.sources import LocalSource
 from mfdata.registry import open_store
 from mfdata.store.lmdb_store import LmdbStore
 
@@ -46,7 +45,7 @@ class FidelityDataset(FidelitySamples):
         for reader in self.readers:
             reader.open()
         super().__init__(
-            [LocalSource(s) for s in opened],
+            opened,
             levels,
             type_names,
             split,

@@ -23,26 +23,24 @@ from nequip.data.transforms import NeighborListTransform, NonPeriodicCellTransfo
 from mfdata.errors import UsageError
 from mfdata.levels import resolve_level
 from mfdata.loading.fields import LABEL_KEYS, PRESENT_FIELDS
-from mfdata.loading.sources import StoreSource, as_source, split_part, verified_root
+from mfdata.loading.sources import StoreSource, split_part, verified_root
 from mfdata.query import load_selection, selected_indices
 from mfdata.store.manifest import StoreError
-from mfdata.store.store import Store
 
 # Neighbour-list backend of frame_transforms (see benchmarks/README.md, "Loader").
 NEIGHBORLIST_BACKEND = "matscipy"
 
 
-def default_type_names(stores: Sequence[Store | StoreSource]) -> list[str]:
+def default_type_names(stores: Sequence[StoreSource]) -> list[str]:
     """Every element of the stores, by atomic number."""
     elements = {symbol for store in stores for symbol in store.manifest.elements}
     return sorted(elements, key=lambda symbol: atomic_numbers[symbol])
 
 
 def structures_for(
-    store: Store | StoreSource, split: str | None, subset: int | None, selection: str | None
+    source: StoreSource, split: str | None, subset: int | None, selection: str | None
 ) -> np.ndarray:
     """Structure indices of a store restricted to a split part (``NAME:PART``) and a selection."""
-    source = as_source(store)
     chosen = np.arange(source.manifest.n_structures)
     if split is not None:
         name, sep, part = split.partition(":")

@@ -22,6 +22,10 @@ a per-atom chunk holding a structure that straddles two blocks, which each of th
 fetches (at most twice; exactly once when per-atom chunk edges fall on block edges). Memory is
 bounded by the cache, whatever the store's size: see :meth:`ZarrFidelityDataset.cache_bytes`.
 
+A store at a URL is read through a local chunk cache of bounded size (``chunk_cache_bytes``,
+default 4 GiB per process, shared by the DataLoader workers: :mod:`mfdata.store.remote`), so
+epochs after the first (and the checksum pass before it) fetch each chunk once.
+
 Workers open their own fsspec filesystems and Zarr arrays. fsspec's ``memory://`` filesystem lives
 in the process: forked workers (Linux's default) see it, spawned ones do not.
 """
@@ -42,6 +46,7 @@ from mfdata.loading.fields import LABEL_KEYS
 from mfdata.loading.samples import FidelitySamples
 from mfdata.loading.sources import StoreSource, open_source, verified_root, zarr_root
 from mfdata.schema import LABEL_KINDS
+from mfdata.store.remote import DEFAULT_CACHE_BYTES
 from mfdata.store.zarr_store import is_per_atom
 
 STRUCTURE_ARRAYS = ("structures/cell", "structures/pbc")
@@ -162,7 +167,9 @@ class ZarrFidelityDataset(FidelitySamples):
     ``sample_block`` is the block of every sample, for ``FidelityBatchSampler(blocks=...)``.
     ``chunk_reads`` counts the chunks this process fetched, by (store, array, chunk).
     ``cache_blocks`` is how many blocks' chunks the per-array caches hold (1 is enough for
-    block-ordered reading).
+    block-ordered reading). ``chunk_cache_bytes`` bounds the chunks of a store at a URL that
+    each process keeps on local disk (:mod:`mfdata.store.remote`; 0: none), so that a second
+    epoch does not download them again.
     """
 
     def __init__(
@@ -178,8 +185,9 @@ class ZarrFidelityDataset(FidelitySamples):
         transforms: Sequence[Callable] = (),
         storage_options: dict | None = None,
         cache_blocks: int = 1,
+        chunk_cache_bytes: int = DEFAULT_CACHE_BYTES,
     ):
-        sources = [open_source(str(s), storage_options) for s in stores]
+        sources = [open_source(str(s), storage_options, chunk_cache_bytes) for s in stores]
         super().__init__(
             sources, levels, type_names, split, subset, selection, labels, dtype, transforms
         )

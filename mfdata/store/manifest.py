@@ -116,10 +116,20 @@ def read_manifest(directory: Path) -> DatasetManifest:
     return parse_manifest(raw, directory)
 
 
+def sealed(manifest: DatasetManifest) -> DatasetManifest:
+    """``manifest`` in this mfkit's format version and with its checksum: what is written."""
+    manifest = manifest.model_copy(update={"format_version": FORMAT_VERSION})
+    return manifest.model_copy(update={"manifest_checksum": manifest_digest(manifest)})
+
+
+def manifest_text(manifest: DatasetManifest) -> str:
+    """The text of ``manifest.json`` for a :func:`sealed` manifest."""
+    return manifest.model_dump_json(indent=2) + "\n"
+
+
 def write_manifest(directory: Path, manifest: DatasetManifest) -> DatasetManifest:
     """Replace ``directory/manifest.json`` atomically, in this mfkit's format version and with
     its checksum; return what was written."""
-    manifest = manifest.model_copy(update={"format_version": FORMAT_VERSION})
-    manifest = manifest.model_copy(update={"manifest_checksum": manifest_digest(manifest)})
-    atomic_write_text(directory / MANIFEST, manifest.model_dump_json(indent=2) + "\n")
+    manifest = sealed(manifest)
+    atomic_write_text(directory / MANIFEST, manifest_text(manifest))
     return manifest

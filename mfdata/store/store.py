@@ -19,6 +19,7 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 import numpy as np
+import zarr
 from ase.data import chemical_symbols
 
 from mfdata.files import file_sha256, kill_point, writing
@@ -46,6 +47,7 @@ from mfdata.store.manifest import (
     MANIFEST,
     PARTIAL_MARK,
     PARTIAL_NAME,
+    StoreError,
     read_manifest,
     write_manifest,
 )
@@ -57,6 +59,7 @@ from mfdata.store.zarr_store import (
     check_shape,
     combined_checksum,
     read_group,
+    reading_zarr,
     structure_arrays,
 )
 
@@ -338,8 +341,21 @@ class Store:
         return str(self.path / ZARR_DIR)
 
     @property
+    def location(self) -> str:
+        """Where the store is, absolute: what a selection records."""
+        return str(self.path.resolve())
+
+    @property
     def levels(self) -> list[str]:
         return list(self.manifest.levels)
+
+    def open_group(self, sub: str) -> zarr.Group:
+        """The Zarr group at ``sub`` in the store (``data.zarr``, ``splits/NAME``), read-only."""
+        with reading_zarr(self.path):
+            try:
+                return zarr.open_group(str(self.path / sub), mode="r", zarr_format=3)
+            except FileNotFoundError as exc:
+                raise StoreError(f"{self.path}/{sub}: no Zarr group there") from exc
 
     def read(self) -> tuple[Structures, np.ndarray]:
         """All structures with their labels, and their geometry hashes, checked against the

@@ -18,6 +18,9 @@ Layout inside ``STORE/data.zarr``::
 Per-atom arrays hold the atoms of all structures back to back; structure i owns the atoms from
 ``cumsum(n_atoms)[i - 1]``. Everything above is immutable once written and covered by the store's
 checksum; splits and statistics live elsewhere and do not change it.
+
+The readers take the group as a path or as a zarr store object (a store at a URL, through
+fsspec: :mod:`mfdata.store.remote`): one reader for both.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ import numpy as np
 import zarr
 from numcodecs import BitRound
 from zarr.codecs import BloscCodec
+from zarr.storage import StoreLike
 
 from mfdata.errors import MfkitError
 from mfdata.records import Label, Structures
@@ -140,7 +144,7 @@ def check_checksums(where: object, manifest: DatasetManifest, actual: dict[str, 
         )
 
 
-def check_shape(path: str, manifest: DatasetManifest, where: object) -> None:
+def check_shape(path: StoreLike, manifest: DatasetManifest, where: object) -> None:
     """Refuse a manifest whose counts disagree with the group's array shapes (metadata only):
     sizes that code allocates from are checked before anything is allocated."""
     try:
@@ -333,7 +337,7 @@ def _chunk_rows(name: str, per_atom: bool) -> int:
 
 
 def read_group(
-    path: str, manifest: DatasetManifest | None, where: object = None
+    path: StoreLike, manifest: DatasetManifest | None, where: object = None
 ) -> tuple[Structures, np.ndarray]:
     """All structures and labels of the group at ``path``, and their geometry hashes.
 
@@ -372,7 +376,7 @@ def read_group(
 
 
 def read_verified(
-    path: str, names: Sequence[str], manifest: DatasetManifest, where: object
+    path: StoreLike, names: Sequence[str], manifest: DatasetManifest, where: object
 ) -> dict[str, np.ndarray]:
     """The values of the arrays ``names`` of the group at ``path``, each checked against the
     manifest's checksum: what a reader of a few arrays uses, so damage never reaches its result."""
@@ -381,9 +385,3 @@ def read_verified(
         values = {name: root[name][...] for name in names}
     check_checksums(where, manifest, {name: array_checksum(v) for name, v in values.items()})
     return values
-
-
-def read_checksums(path: str, paths: list[str]) -> dict[str, str]:
-    """Recompute the checksums of the arrays at ``paths`` from what is on disk."""
-    root = zarr.open_group(path, mode="r", zarr_format=3)
-    return {name: zarr_checksum(root[name]) for name in paths}
