@@ -5,13 +5,17 @@ stored level is exactly what was computed. Everything that can be refused is ref
 calculation: a level without a recipe, a label it cannot compute, an existing output, a structure
 whose charge or multiplicity nobody stated.
 
-Resumable: each result is appended, as one JSON line, to the journal ``OUT.journal.jsonl`` beside
-the output, by the parent process only, flushed and fsynced before the next. A kill at any moment
-loses at most the structures being computed (a partly written last line is dropped on resume);
-rerunning the same command computes only what the journal lacks, and refuses a journal written
-for another source, level, recipe, subset or program version. When every structure is done the
-store is written atomically and the journal moves into it (``labelling-journal.jsonl``): one line
-per computation, with its wall time and process id, so anyone can check that none ran twice.
+The calculations run on a Dask cluster (:mod:`mfdata.dask_cluster`: ``local:N`` processes, or an
+existing cluster); their code is :mod:`mfdata.label_worker`. Resumable: each result is appended,
+as one JSON line, to the journal ``OUT.journal.jsonl`` beside the output, by this process (the
+Dask client) only, as its batch arrives, flushed and fsynced before the next. A kill of this
+process loses at most the batches being computed (a partly written last line is dropped on
+resume); a killed worker's batches are computed again on another by Dask. Rerunning the same
+command computes only what the journal lacks, and refuses a journal written for another source,
+level, recipe, subset or program version. When every structure is done the store is written
+atomically and the journal moves into it (``labelling-journal.jsonl``): one line per
+computation, with its wall time, process id, Dask worker and scheduler, so anyone can check that
+none ran twice.
 
 Charge and multiplicity are never guessed: they come from the source (extxyz ``info`` keys
 ``charge``/``total_charge`` and ``multiplicity``, as ``mfdata sample`` writes them, or a store's
@@ -23,24 +27,21 @@ from __future__ import annotations
 
 import datetime
 import json
-import multiprocessing
 import os
-import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NoReturn
 
 import ase.db
 import ase.io
 import numpy as np
-from ase import Atoms
-from ase.calculators.calculator import all_changes
 from tqdm import tqdm
 
-from mfdata.calculators import CalculationError, calculator, program_version
+from mfdata.calculators import CalculationError, program_version
+from mfdata.dask_cluster import TaskFailed, dask_client, in_batches, scheduler_spec
 from mfdata.errors import UsageError
 from mfdata.files import file_sha256
+from mfdata.label_worker import compute_batch
 from mfdata.levels import registry, resolve_level
 from mfdata.readers import AseReader, detect_format, read_ase, reader_spec
 from mfdata.records import InvalidDataError, Label, Source, validate
@@ -53,7 +54,6 @@ JOURNAL_IN_STORE = "labelling-journal.jsonl"
 JOURNAL_FORMAT = 1
 # Native units of both programs; ASE (tblite) and mfkit (PySCF) convert to eV and eV/Å.
 PROGRAM_UNITS = {"energy": "Hartree", "forces": "Hartree/Bohr"}
-THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 
 
 @dataclass
@@ -313,76 +313,22 @@ def _append(path: Path, records: list[dict], truncate: int | None = None) -> Non
         os.fsync(handle.fileno())
 
 
-# Worker side: one calculator recipe per process, set by the pool's initializer.
-_WORKER: dict = {}
-
-
-def _init_worker(recipe_json: str, labels: list[str]) -> None:
-    _WORKER["recipe"] = ComputeRecipe.model_validate_json(recipe_json)
-    _WORKER["labels"] = labels
-
-
-def _compute(task: tuple[int, np.ndarray, np.ndarray, int, int]) -> dict:
-    """One structure's labels (eV, eV/Å) and the wall time it took, or the error it raised."""
-    index, numbers, positions, charge, multiplicity = task
-    atoms = Atoms(numbers=numbers, positions=positions)
-    start = time.perf_counter()
-    try:
-        calc = calculator(_WORKER["recipe"], charge, multiplicity)
-        calc.calculate(atoms, properties=_WORKER["labels"], system_changes=all_changes)
-        values = {k: np.asarray(calc.results[k], dtype=np.float64) for k in _WORKER["labels"]}
-    except Exception as exc:  # a program failure, reported with the structure that caused it
-        return {"i": index, "error": f"{type(exc).__name__}: {exc}"}
-    record: dict = {"i": index, "seconds": round(time.perf_counter() - start, 4)}
-    record["pid"] = os.getpid()
-    for label, value in values.items():
-        if not np.isfinite(value).all():
-            return {"i": index, "error": f"{label} is not finite"}
-        record[label] = value.reshape(-1).tolist() if label == "forces" else float(value)
-    return record
-
-
-@contextmanager
-def _single_threaded_children() -> Iterator[None]:
-    """Workers start with one thread each (OpenMP, BLAS): parallelism is over processes."""
-    saved = {key: os.environ.get(key) for key in THREAD_VARIABLES}
-    os.environ.update({key: "1" for key in THREAD_VARIABLES})
-    try:
-        yield
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
-
-
-def run_labelling(plan: LabelPlan, workers: int = 1) -> DatasetManifest:
-    """Compute what the journal lacks over ``workers`` processes, then write the store."""
-    if workers < 1:
-        raise UsageError(f"--workers {workers}: need at least 1")
+def run_labelling(plan: LabelPlan, scheduler: str = "local:1") -> DatasetManifest:
+    """Compute what the journal lacks on ``scheduler`` (:mod:`mfdata.dask_cluster`), journaling
+    each result here, in the client, as it arrives; then write the store."""
+    scheduler = scheduler_spec(scheduler=scheduler)
     done = _open_journal(plan)
-    s = plan.source.structures
-    start = s.atom_start
     todo = [int(i) for i in plan.indices if int(i) not in done]
-    tasks = [
-        (
-            i,
-            s.numbers[start[i] : start[i + 1]],
-            np.asarray(s.positions[start[i] : start[i + 1]], dtype=np.float64),
-            int(plan.charge[i]),
-            int(plan.multiplicity[i]),
-        )
-        for i in todo
-    ]
-    if tasks:
-        context = multiprocessing.get_context("spawn")  # no fork of a threaded parent
-        with _single_threaded_children():
-            pool = context.Pool(
-                min(workers, len(tasks)),
-                initializer=_init_worker,
-                initargs=(plan.recipe.model_dump_json(), plan.labels),
-            )
+    if todo:
+        s = plan.source.structures
+        start = s.atom_start
+
+        def payload(i: int) -> tuple:
+            atoms = slice(start[i], start[i + 1])
+            positions = np.asarray(s.positions[atoms], dtype=np.float64)
+            return i, s.numbers[atoms], positions, int(plan.charge[i]), int(plan.multiplicity[i])
+
+        constants = (plan.recipe.model_dump_json(), plan.header["program_version"], plan.labels)
         bar = tqdm(
             total=len(plan.indices),
             initial=len(done),
@@ -391,18 +337,39 @@ def run_labelling(plan: LabelPlan, workers: int = 1) -> DatasetManifest:
             mininterval=0.5,
             disable=None,
         )
-        with pool, bar:
-            for record in pool.imap_unordered(_compute, tasks, chunksize=1):
-                if "error" in record:
-                    raise CalculationError(
-                        f"{plan.source.path}: {plan.source.describe(record['i'])}: "
-                        f"{plan.level.id}: {record['error']}; the {len(done)} structures done "
-                        f"are kept in {plan.journal} for a rerun"
-                    )
-                _append(plan.journal, [record])
-                done[record["i"]] = record
-                bar.update()
+        with dask_client(scheduler, at_most=len(todo)) as client, bar:
+            batches = in_batches(
+                client, compute_batch, constants, todo, payload, f"label-{plan.level.id}"
+            )
+            try:
+                for _, records in batches:
+                    _journal_batch(plan, scheduler, records, done)
+                    bar.update(len(records))
+            except TaskFailed as failed:
+                _fail(plan, failed.items[0], failed.reason, done)
     return _write(plan, done)
+
+
+def _journal_batch(plan: LabelPlan, scheduler: str, records: list[dict], done: dict) -> None:
+    """Journal a batch's results up to its first error, which is then raised."""
+    fresh = []
+    for record in records:
+        if "error" in record:
+            _append(plan.journal, fresh)
+            _fail(plan, record["i"], record["error"], done)
+        if record["i"] in done:  # never twice into the journal, whatever the cluster resent
+            continue
+        record["scheduler"] = scheduler
+        fresh.append(record)
+        done[record["i"]] = record
+    _append(plan.journal, fresh)
+
+
+def _fail(plan: LabelPlan, index: int, reason: str, done: dict) -> NoReturn:
+    raise CalculationError(
+        f"{plan.source.path}: {plan.source.describe(index)}: {plan.level.id}: {reason}; "
+        f"the {len(done)} structures done are kept in {plan.journal} for a rerun"
+    )
 
 
 def _write(plan: LabelPlan, done: dict[int, dict]) -> DatasetManifest:
@@ -436,6 +403,8 @@ def _write(plan: LabelPlan, done: dict[int, dict]) -> DatasetManifest:
         charge=plan.header["charge"],
         multiplicity=plan.header["multiplicity"],
         seconds_per_structure=float(np.mean([r["seconds"] for r in records])),
+        scheduler=", ".join(dict.fromkeys(r["scheduler"] for r in records if "scheduler" in r))
+        or None,
     )
     manifest = write_store(
         plan.out,

@@ -195,6 +195,12 @@ class LabellingRun(_Model):
     charge: int | None = Field(None, description="--charge given by the user, if any.")
     multiplicity: int | None = Field(None, description="--multiplicity given, if any.")
     seconds_per_structure: float = Field(ge=0, description="Mean wall time of one calculation.")
+    scheduler: str | None = Field(
+        None,
+        description="Where the calculations ran: 'local:N' (a Dask LocalCluster of N worker "
+        "processes) or the address of an existing Dask scheduler; several, comma-separated, when "
+        "a resumed run used another. The journal in the store names each structure's worker.",
+    )
 
 
 class Provenance(_Model):

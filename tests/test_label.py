@@ -137,6 +137,136 @@ def test_sigkill_then_resume_computes_each_structure_once(tmp_path):
     assert np.isfinite(energies).all() and np.ptp(energies) > 0
 
 
+@pytest.fixture(scope="module")
+def bpa(tmp_path_factory, shared) -> Path:
+    """50 MD frames of a 27-atom molecule (3BPA), neutral singlets: ~0.05 s each at GFN2-xTB,
+    so that a run on two workers lasts long enough to kill something in the middle of it."""
+    frames = ase.io.read(shared / "botnet_3BPA" / "train_300K.xyz", index=":50")
+    path = tmp_path_factory.mktemp("bpa") / "bpa.xyz"
+    info = {"charge": 0, "multiplicity": 1}
+    ase.io.write(path, [Atoms(a.numbers, a.positions, info=info) for a in frames], format="extxyz")
+    return path
+
+
+REFERENCE = """
+import sys, ase.io, numpy as np
+from tblite.ase import TBLite
+energies, forces = [], []
+for atoms in ase.io.read(sys.argv[1], index=":"):
+    atoms.calc = TBLite(method="GFN2-xTB", charge=0, multiplicity=1, verbosity=0)
+    energies.append(atoms.get_potential_energy())
+    forces.append(atoms.get_forces())
+np.savez(sys.argv[2], energy=np.array(energies), forces=np.concatenate(forces))
+"""
+
+
+@pytest.fixture(scope="module")
+def bpa_reference(bpa) -> dict[str, np.ndarray]:
+    """Energies and forces from direct tblite calls, in a process of one OpenMP thread (as the
+    workers): several threads on a busy machine make tblite many times slower."""
+    path = bpa.with_suffix(".npz")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    subprocess.run([sys.executable, "-c", REFERENCE, str(bpa), str(path)], check=True, env=env)
+    return dict(np.load(path))
+
+
+@pytest.fixture
+def dask_client():
+    """A client of a two-worker Dask cluster on 127.0.0.1, as someone else would have started."""
+    from distributed import Client, LocalCluster
+
+    with (
+        LocalCluster(
+            n_workers=2,
+            threads_per_worker=1,
+            processes=True,
+            host="127.0.0.1",
+            dashboard_address=None,
+        ) as cluster,
+        Client(cluster) as client,
+    ):
+        yield client
+
+
+def wait_for_results(journal: Path, proc: subprocess.Popen, n: int) -> None:
+    """Until the journal holds ``n`` results, while ``proc`` runs."""
+    deadline = time.monotonic() + 120
+    while not (journal.exists() and journal.read_bytes().count(b"\n") > n):
+        assert proc.poll() is None, "finished before it could be interrupted"
+        assert time.monotonic() < deadline, "no results"
+        time.sleep(0.02)
+
+
+def labelled_once(out: Path, reference: dict[str, np.ndarray]) -> tuple[Store, list[dict]]:
+    """The store at ``out`` and its journal's records, checked: every structure once in both,
+    with the reference energies and forces."""
+    store = Store(out)
+    records = [json.loads(line) for line in (out / JOURNAL_IN_STORE).read_bytes().splitlines()]
+    assert sorted(r["i"] for r in records[1:]) == list(range(len(reference["energy"])))
+    assert store.manifest.n_structures == len(reference["energy"])
+    s, _ = store.read()
+    for label in ("energy", "forces"):
+        np.testing.assert_allclose(
+            s.labels[("gfn2-xtb", label)].values, reference[label], rtol=0, atol=1e-8
+        )
+    return store, records[1:]
+
+
+def test_a_worker_killed_mid_run_loses_nothing_and_repeats_nothing(
+    bpa, bpa_reference, dask_client, tmp_path
+):
+    address = dask_client.scheduler.address
+    out = tmp_path / "x"
+    journal = journal_path(out)
+    command = [sys.executable, "-m", "mfdata.cli", "label", str(bpa), "--level", "gfn2-xtb"]
+    command += ["--scheduler", address, "--out", str(out)]
+    with open(tmp_path / "stderr", "w+", encoding="utf-8") as stderr:
+        proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=stderr)
+        wait_for_results(journal, proc, 5)
+        victim = next(w for w, keys in dask_client.processing().items() if keys)
+        pid = dask_client.run(os.getpid, workers=[victim])[victim]
+        os.kill(pid, signal.SIGKILL)
+        _, done_at_kill, _ = read_journal(journal)
+        assert proc.wait(timeout=120) == 0, stderr.seek(0) or stderr.read()
+    assert len(done_at_kill) < 50
+    (removed,) = [e for _, e in dask_client.get_events(victim) if e["action"] == "remove-worker"]
+    lost = [key for key in removed["processing-tasks"] if key.startswith("label-gfn2-xtb")]
+    assert lost, "the killed worker was computing nothing of this run"
+    store, records = labelled_once(out, bpa_reference)
+    assert store.manifest.provenance.labelling[0].scheduler == address
+    assert {r["scheduler"] for r in records} == {address}
+    assert victim in {r["worker"] for r in records}
+
+
+def test_a_killed_client_resumes_where_it_stopped(bpa, bpa_reference, tmp_path):
+    import psutil
+
+    out = tmp_path / "y"
+    journal = journal_path(out)
+    args = ["label", str(bpa), "--level", "gfn2-xtb", "--workers", "2", "--out", str(out)]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mfdata.cli", *args],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    wait_for_results(journal, proc, 5)
+    workers = psutil.Process(proc.pid).children(recursive=True)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    _, alive = psutil.wait_procs(workers, timeout=60)
+    assert not alive, "the killed client's worker processes kept running"
+    _, done_before, _ = read_journal(journal)
+    assert 5 <= len(done_before) < 50
+
+    assert "resuming" in run_cli(*args).stderr
+    store, records = labelled_once(out, bpa_reference)
+    resumed = records[len(done_before) :]
+    assert len(resumed) == 50 - len(done_before)
+    assert not {r["i"] for r in resumed} & set(done_before), "a journaled structure was redone"
+    assert {r["pid"] for r in resumed}.isdisjoint({r["pid"] for r in done_before.values()})
+    assert store.manifest.provenance.labelling[0].scheduler == "local:2"
+
+
 def test_resume_refuses_a_journal_of_another_run(water, tmp_path):
     out = tmp_path / "x"
     journal_path(out).write_text(
@@ -157,6 +287,8 @@ def test_resume_refuses_a_journal_of_another_run(water, tmp_path):
         (["--level", "gfn2-xtb", "--charge", "1"], "states charge 0, but --charge 1"),
         (["--level", "gfn2-xtb", "--multiplicity", "2"], "states multiplicity 1"),
         (["--level", "nonsense"], "unknown level"),
+        (["--level", "gfn2-xtb", "--workers", "2", "--scheduler", "local:2"], "give one"),
+        (["--level", "gfn2-xtb", "--scheduler", "local:0"], "need local:N (N >= 1"),
     ],
 )
 def test_bad_requests_fail_before_any_work(water, tmp_path, args, message):
