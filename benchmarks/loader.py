@@ -13,6 +13,9 @@ transforms: ``NonPeriodicCellTransform`` and ``NeighborListTransform`` at r_max 
   DataLoader (one shared-memory segment per tensor instead of one packed buffer per batch);
 - nequip ``NequIPLMDBDataset`` + a shuffled DataLoader on the same structures, same transforms;
 - mfkit ``ZarrFidelityDataset`` over ``file://`` and ``memory://`` (fsspec) with block shuffling;
+- whole epochs from a local S3 server (moto on 127.0.0.1, behind a proxy that can delay every
+  request by 20 ms), with and without the chunk cache, beside LMDB and ``file://`` Zarr of the
+  same store (written in chunks of a tenth of it, so that an epoch crosses ten blocks);
 - nequip's neighbour-list backends that are importable here (ase, matscipy, vesin);
 - a training step of a tiny NequIP model on the same batches (the budget the loader must meet);
 - peak memory of one loader pass over a small and a ten times larger store, each in a fresh
@@ -49,20 +52,27 @@ def log(*parts: object) -> None:
     print(*parts, file=sys.stderr, flush=True)
 
 
-def make_store(work: Path, n: int, seed: int = 0) -> Path:
-    """Synthetic ANI-like HDF5 -> mfkit store (Zarr + one LMDB shard), in process."""
+def make_store(work: Path, n: int, seed: int = 0, chunks: tuple[int, int] | None = None) -> Path:
+    """Synthetic ANI-like HDF5 -> mfkit store (Zarr + one LMDB shard), in process; ``chunks``
+    (structures, atoms per chunk) instead of the store's defaults."""
     from mfdata.linking import link_sources
     from mfdata.readers import read_source
+    from mfdata.store import zarr_store
     from mfdata.store.lmdb_store import pack
     from mfdata.store.store import write_store
 
-    out = work / f"store_{n}"
+    out = work / (f"store_{n}" if chunks is None else f"store_{n}_chunks_{chunks[0]}_{chunks[1]}")
     if (out / "manifest.json").exists():
         return out
     h5 = work / f"synthetic_{n}.h5"
     write_ani_h5(h5, synthetic_groups(n, seed))
     source = read_source(str(h5))
-    write_store(out, link_sources([source], None, 1e-4), [source])
+    defaults = zarr_store.STRUCTURE_CHUNK, zarr_store.ATOM_CHUNK
+    zarr_store.STRUCTURE_CHUNK, zarr_store.ATOM_CHUNK = chunks or defaults
+    try:
+        write_store(out, link_sources([source], None, 1e-4), [source])
+    finally:
+        zarr_store.STRUCTURE_CHUNK, zarr_store.ATOM_CHUNK = defaults
     pack(out)
     h5.unlink()
     return out
@@ -260,6 +270,87 @@ def model_step(dataset, batch_size: int, steps: int) -> dict[str, float]:
         torch.set_num_threads(threads)
 
 
+# --------------------------------------------------------------------------- object storage
+
+
+def s3_epochs(work: Path, n: int, batch_size: int, epochs: int = 2) -> dict:
+    """Whole epochs (0 workers, block shuffling for Zarr) over one store written in chunks of
+    n/10 structures: LMDB, ``file://`` Zarr, and the store pushed to a local S3 server (moto on
+    127.0.0.1 behind a proxy that delays each request by 0 or 20 ms), read with no chunk cache
+    and with the default one. Each S3 case has a URL of its own (a fresh cache, a fresh
+    checksum pass); chunk GETs are counted at the proxy."""
+    sys.path.insert(0, str(ROOT))
+    import fsspec
+
+    from mfdata.loading.lmdb_dataset import FidelityDataset
+    from mfdata.loading.zarr_dataset import ZarrFidelityDataset
+    from mfdata.store import remote
+    from mfdata.store.push import push
+    from mfdata.store.store import Store
+    from tests.s3_server import LocalS3
+
+    rows_per_chunk = max(1, n // 10)
+    store = make_store(work, n, chunks=(rows_per_chunk, 16 * rows_per_chunk))
+    server = LocalS3().start()
+    os.environ.update(server.env())
+    out: dict = {
+        "chunks": [rows_per_chunk, 16 * rows_per_chunk],
+        "cache_bytes_per_process": remote.DEFAULT_CACHE_BYTES,
+    }
+    try:
+        fsspec.filesystem("s3").mkdir("bench")
+        cases = {
+            "lmdb": (None, 0.0, 0),
+            "zarr_file": (store.as_uri(), 0.0, 0),
+            "s3": ("s3://bench/none", 0.0, 0),
+            "s3_cache": ("s3://bench/cache", 0.0, remote.DEFAULT_CACHE_BYTES),
+            "s3_20ms": ("s3://bench/none-20ms", 0.02, 0),
+            "s3_20ms_cache": ("s3://bench/cache-20ms", 0.02, remote.DEFAULT_CACHE_BYTES),
+        }
+        for name, (url, latency, cache) in cases.items():
+            if url is not None and url.startswith("s3://"):
+                push(Store(store), url)
+            server.latency = latency
+            server.requests.clear()
+            prefix = url.removeprefix("s3:/") + "/data.zarr/" if url else "-"
+            start = time.perf_counter()
+            if url is None:
+                dataset = FidelityDataset([str(store)], [LEVEL], transforms=transforms())
+            else:
+                dataset = ZarrFidelityDataset(
+                    [url], [LEVEL], transforms=transforms(), chunk_cache_bytes=cache
+                )
+            row = {
+                "open_s": round(time.perf_counter() - start, 2),
+                "chunk_gets_open": _chunk_gets(server, prefix),
+            }
+            loader = mfkit_loader(dataset, batch_size, 0, blocks=url is not None)
+            for epoch in range(epochs):
+                loader.batch_sampler.set_epoch(epoch)
+                server.requests.clear()
+                start = time.perf_counter()
+                batches = sum(1 for _ in loader)
+                elapsed = time.perf_counter() - start
+                row[f"epoch{epoch + 1}_batches_per_s"] = round(batches / elapsed, 1)
+                row[f"epoch{epoch + 1}_chunk_gets"] = _chunk_gets(server, prefix)
+            row["batches_per_epoch"] = batches
+            out[name] = row
+            log(f"  s3 epochs, {name}: {row}")
+        out["cache_dir_bytes"] = sum(
+            p.stat().st_size for p in remote.chunk_cache_dir().rglob("*") if p.is_file()
+        )
+    finally:
+        server.stop()
+    return out
+
+
+def _chunk_gets(server, prefix: str) -> int:
+    requests = dict(server.requests)
+    return sum(
+        n for (m, p), n in requests.items() if m == "GET" and p.startswith(prefix) and "/c/" in p
+    )
+
+
 # --------------------------------------------------------------------------- memory
 
 
@@ -287,7 +378,9 @@ def memory_child(store: str, reader: str, batch_size: int, epochs: int) -> None:
     if reader == "lmdb":
         dataset = FidelityDataset([store], [LEVEL], transforms=transforms())
     else:
-        dataset = ZarrFidelityDataset([Path(store).as_uri()], [LEVEL], transforms=transforms())
+        dataset = ZarrFidelityDataset(
+            [Path(store).as_uri()], [LEVEL], transforms=transforms(), chunk_cache_bytes=0
+        )
     built = _status()
     loader = mfkit_loader(dataset, batch_size, 0, blocks=reader == "zarr")
     peak_anon, peak_file, n = 0, 0, 0
@@ -464,7 +557,9 @@ def main() -> None:
             run(
                 f"mfkit_zarr_file_w{workers}",
                 lambda w=workers: mfkit_loader(
-                    ZarrFidelityDataset([store.as_uri()], [LEVEL], transforms=transforms()),
+                    ZarrFidelityDataset(
+                        [store.as_uri()], [LEVEL], transforms=transforms(), chunk_cache_bytes=0
+                    ),
                     bs,
                     w,
                     blocks=True,
@@ -473,7 +568,12 @@ def main() -> None:
             run(
                 f"mfkit_zarr_memory_w{workers}",
                 lambda w=workers: mfkit_loader(
-                    ZarrFidelityDataset(["memory://bench/store"], [LEVEL], transforms=transforms()),
+                    ZarrFidelityDataset(
+                        ["memory://bench/store"],
+                        [LEVEL],
+                        transforms=transforms(),
+                        chunk_cache_bytes=0,
+                    ),
                     bs,
                     w,
                     blocks=True,
@@ -540,6 +640,9 @@ def main() -> None:
         }
         log(f"model step {step} ms; keeps up: {result['keeps_up_with_measured_step']}")
         log(f"keeps up with 8 ms: {result['keeps_up_with_design_8ms_step']}")
+
+        # ------------------------------------------------------------- object storage
+        result["s3"] = s3_epochs(work, n, bs)
 
         # ------------------------------------------------------------- memory
         rows = {}

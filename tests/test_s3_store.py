@@ -128,7 +128,8 @@ def _chunk_gets(s3: LocalS3, prefix: str) -> Counter:
 
 def test_training_reads_each_chunk_from_s3_once(s3, local, tmp_path):
     """Ten training steps (several epochs) through nequip-train and FidelityDataModule on the
-    s3:// URL fetch every chunk once; without the cache, a second pass fetches them again."""
+    s3:// URL fetch every chunk once, and DataLoader workers then fetch none; without the
+    cache, a second pass fetches them again."""
     from mftrain.checkpoint import read_checkpoint
     from mftrain.config import load_config, with_overrides
     from mftrain.train import prepare, run_nequip, write_run
@@ -158,3 +159,12 @@ def test_training_reads_each_chunk_from_s3_once(s3, local, tmp_path):
     gets = _chunk_gets(s3, prefix)
     assert read_checkpoint(prepared.out / "last.ckpt").global_step == 10
     assert gets and set(gets.values()) == {1}, "each chunk fetched once, cached after"
+
+    # DataLoader workers (forked) read the chunks this process cached: nothing fetched
+    s3.requests.clear()
+    module = FidelityDataModule(
+        seed=0, stores=[url], levels=[LEVEL], reader="zarr", batch_size=2, num_workers=2
+    )
+    module.setup("fit")
+    assert sum(len(b["num_atoms"]) for b in module.train_dataloader()) == 8
+    assert not _chunk_gets(s3, prefix)

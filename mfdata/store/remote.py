@@ -46,6 +46,8 @@ DEFAULT_CACHE_BYTES = 4 << 30  # 4 GiB of chunks per process and store
 
 # (pid, url, store checksum) -> the cached zarr store of data.zarr in that process
 _CACHED: dict[tuple[int, str, str], _ChunkCache] = {}
+# (url, store checksum) -> the keys its data.zarr lacks, as learnt here (or before a fork)
+_ABSENT: dict[tuple[str, str], set[str]] = {}
 _CACHE_DIR: list[tuple[int, Path]] = []  # (the pid that made it, the directory): at most one
 
 
@@ -59,9 +61,9 @@ class _ChunkCache(CacheStore):
     fill value are not written (the cell and periodicity of molecules), and are asked for at
     every read otherwise. The store at a URL is read-only, so an absent key stays absent."""
 
-    def __init__(self, store: ZarrStore, **kwargs) -> None:
+    def __init__(self, store: ZarrStore, absent: set[str], **kwargs) -> None:
         super().__init__(store, **kwargs)
-        self._absent: set[str] = set()
+        self._absent = absent
 
     async def get(
         self, key: str, prototype: BufferPrototype, byte_range: ByteRequest | None = None
@@ -82,23 +84,37 @@ class RemoteStore(Store):
         self.path = self.url = str(url).rstrip("/")
         self.storage_options = _read_options(self.url, storage_options or {})
         self.cache_bytes = cache_bytes
-        self.manifest = _read_manifest(self.url, self.storage_options)
+        # held while the store is: a forked worker that dropped its parent's filesystem would
+        # close the parent's connections on its own event loop
+        self.fs, self._root = fsspec.core.url_to_fs(self.url, **self.storage_options)
+        self._stores: dict[int, ZarrStore] = {}  # by process: see zarr_path
+        self.manifest = self._read_manifest()
         check_shape(self.zarr_path, self.manifest, self.url)
 
     @property
     def zarr_path(self) -> ZarrStore:
-        """The zarr store of ``data.zarr``: what the readers of local stores open."""
-        if self.cache_bytes <= 0:
-            return self._fsspec(ZARR_DIR)
-        key = (os.getpid(), self.url, self.manifest.checksum)
-        if key not in _CACHED:
-            folder = hashlib.sha256(f"{self.url}\n{self.manifest.checksum}".encode()).hexdigest()
-            _CACHED[key] = _ChunkCache(
+        """The zarr store of ``data.zarr``: what the readers of local stores open (one per
+        process, held as long as the store is)."""
+        pid = os.getpid()
+        if pid not in self._stores:
+            self._stores[pid] = self._cached() if self.cache_bytes > 0 else self._fsspec(ZARR_DIR)
+        return self._stores[pid]
+
+    def _cached(self) -> _ChunkCache:
+        """This process's chunk cache of the store, shared by every reader of it here."""
+        key = (self.url, self.manifest.checksum)
+        if (os.getpid(), *key) not in _CACHED:
+            folder = hashlib.sha256("\n".join(key).encode()).hexdigest()[:24]
+            _CACHED[(os.getpid(), *key)] = _ChunkCache(
                 self._fsspec(ZARR_DIR),
-                cache_store=LocalStore(_cache_dir() / folder[:24]),
+                _ABSENT.setdefault(key, set()),
+                cache_store=LocalStore(chunk_cache_dir() / folder),
                 max_size=self.cache_bytes,
             )
-        return _CACHED[key]
+        return _CACHED[(os.getpid(), *key)]
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_stores": {}}
 
     @property
     def location(self) -> str:
@@ -120,6 +136,20 @@ class RemoteStore(Store):
     def verify(self) -> list[str]:
         return verify_store(self.url, self.manifest, self.open_group)
 
+    def _read_manifest(self) -> DatasetManifest:
+        try:
+            raw = self.fs.cat_file(f"{self._root}/{MANIFEST}")
+        except FileNotFoundError as exc:
+            if self.fs.exists(f"{self._root}/{PUSH_MARK}"):
+                raise StoreError(
+                    f"{self.url}: an interrupted mfdata push (no {MANIFEST} yet), not a store; "
+                    "run the same push again to complete it"
+                ) from exc
+            raise StoreError(f"{self.url}: not an mfkit store (no {MANIFEST})") from exc
+        except OSError as exc:
+            raise StoreError(f"{self.url}/{MANIFEST}: unreadable manifest: {exc}") from exc
+        return parse_manifest(raw, self.url)
+
 
 def _read_options(url: str, storage_options: dict) -> dict:
     """``storage_options`` for reading: s3fs asks an object's size (a HEAD request) before each
@@ -130,29 +160,7 @@ def _read_options(url: str, storage_options: dict) -> dict:
     return dict(storage_options)
 
 
-def _read_manifest(url: str, storage_options: dict) -> DatasetManifest:
-    where = f"{url}/{MANIFEST}"
-    try:
-        with fsspec.open(where, "rb", **storage_options) as handle:
-            raw = handle.read()
-    except FileNotFoundError as exc:
-        if _exists(f"{url}/{PUSH_MARK}", storage_options):
-            raise StoreError(
-                f"{url}: an interrupted mfdata push (no {MANIFEST} yet), not a store; run the "
-                "same push again to complete it"
-            ) from exc
-        raise StoreError(f"{url}: not an mfkit store (no {MANIFEST})") from exc
-    except OSError as exc:
-        raise StoreError(f"{where}: unreadable manifest: {exc}") from exc
-    return parse_manifest(raw, url)
-
-
-def _exists(url: str, storage_options: dict) -> bool:
-    fs, path = fsspec.core.url_to_fs(url, **storage_options)
-    return fs.exists(path)
-
-
-def _cache_dir() -> Path:
+def chunk_cache_dir() -> Path:
     """This process tree's chunk-cache directory: made by the first process that needs one,
     inherited by the processes forked from it, removed when its maker exits."""
     if not _CACHE_DIR:
