@@ -21,6 +21,7 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
+from mfdata.calculators import MissingProgramError
 from mfdata.errors import UsageError
 
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
@@ -63,8 +64,13 @@ def scheduler_spec(workers: int | None = None, scheduler: str | None = None) -> 
 @contextmanager
 def dask_client(spec: str, at_most: int) -> Iterator:
     """A ``distributed.Client`` for ``spec``; a local cluster gets at most ``at_most`` workers."""
-    from distributed import Client, LocalCluster
-
+    try:
+        from distributed import Client, LocalCluster
+    except ImportError as exc:
+        raise MissingProgramError(
+            "dask.distributed is not installed; install the labelling extra: "
+            "pip install 'mfkit[label]'"
+        ) from exc
     local = LOCAL.fullmatch(spec)
     if local is None:
         try:
@@ -74,7 +80,7 @@ def dask_client(spec: str, at_most: int) -> Iterator:
         with client:
             yield client
         return
-    with _single_threaded_children():  # a nanny reads these when made, for every (re)start
+    with _single_threaded_children():
         cluster = LocalCluster(
             n_workers=min(int(local[1]), at_most),
             threads_per_worker=1,
@@ -110,39 +116,48 @@ def in_batches(
     items: list[int],
     payload: Callable[[int], tuple],
     name: str,
-) -> Iterator[tuple[list[int], object]]:
+) -> Iterator:
     """``function(*constants, [payload(i) for i in batch])`` for batches of ``items`` on the
-    cluster; yields each batch with its result as it finishes.
+    cluster; yields each batch's result as it finishes.
 
     The first batches hold one item; later ones about :data:`BATCH_SECONDS` of work, from the
     time finished batches took. About two batches per worker thread are queued at a time,
-    counted again as workers come and go, so the scheduler never holds the whole run. A batch
-    whose every worker died is split and its items run again alone, so that a :class:`TaskFailed`
-    for a killed worker names one item. Keys are unique: nothing is shared with another run.
+    counted again as workers come and go, so the scheduler never holds the whole run. Keys are
+    unique: nothing is shared with another run.
+
+    Dask runs a task again when its worker dies, and gives up (``KilledWorker``) when it was on
+    the workers of ``allowed-failures + 1`` deaths. That blames every task the dead workers
+    held, bystanders too; so the items of such a task become suspects: nothing new is handed
+    out, and once the cluster is idle each suspect runs alone. One that kills every worker
+    while alone is the culprit (:class:`TaskFailed`); the others carry on.
     """
     from distributed import KilledWorker, as_completed
 
     todo = deque(items)
-    alone: set[int] = set()
-    batch_of: dict = {}
+    suspects: deque[int] = deque()
+    batch_of: dict = {}  # future -> its items
+    alone: set = set()  # the futures of suspects running alone
     busy_seconds, finished_items = 0.0, 0
     completed = as_completed(with_results=True, raise_errors=False)
 
+    def submit(batch: list[int]):
+        payloads = [payload(i) for i in batch]
+        future = client.submit(
+            _timed, function, *constants, payloads, key=f"{name}-{uuid.uuid4().hex}"
+        )
+        batch_of[future] = batch
+        completed.add(future)
+        return future
+
     def refill() -> None:
+        if suspects:
+            if not batch_of:
+                alone.add(submit([suspects.popleft()]))
+            return
         queued = max(2, 2 * sum(client.nthreads().values()))
         while todo and len(batch_of) < queued:
             size = round(BATCH_SECONDS * finished_items / busy_seconds) if busy_seconds else 1
-            size = 1 if todo[0] in alone else min(max(size, 1), MAX_BATCH, len(todo))
-            batch = [todo.popleft() for _ in range(size)]
-            future = client.submit(
-                _timed,
-                function,
-                *constants,
-                [payload(i) for i in batch],
-                key=f"{name}-{uuid.uuid4().hex}",
-            )
-            batch_of[future] = batch
-            completed.add(future)
+            submit([todo.popleft() for _ in range(min(max(size, 1), MAX_BATCH, len(todo)))])
 
     refill()
     for future, result in completed:
@@ -151,22 +166,22 @@ def in_batches(
             seconds, value = result
             busy_seconds += seconds
             finished_items += len(batch)
+            alone.discard(future)
             refill()
-            yield batch, value
+            yield value
             continue
         if future.status == "cancelled":
             raise TaskFailed(batch, "the cluster cancelled its task (was the scheduler restarted?)")
         exc = future.exception()
         if not isinstance(exc, KilledWorker):
             raise TaskFailed(batch, f"{type(exc).__name__}: {exc}")
-        if len(batch) == 1:
+        if future in alone:
             raise TaskFailed(
                 batch,
-                f"every worker that computed it died ({exc.allowed_failures + 1} workers: Dask "
-                "gives up after distributed.scheduler.allowed-failures retries)",
+                f"it killed every worker it ran on, with nothing else in flight (tries: "
+                f"{exc.allowed_failures + 1}; distributed.scheduler.allowed-failures sets them)",
             )
-        alone.update(batch)
-        todo.extendleft(reversed(batch))
+        suspects.extend(batch)
         refill()
 
 

@@ -342,7 +342,7 @@ def run_labelling(plan: LabelPlan, scheduler: str = "local:1") -> DatasetManifes
                 client, compute_batch, constants, todo, payload, f"label-{plan.level.id}"
             )
             try:
-                for _, records in batches:
+                for records in batches:
                     _journal_batch(plan, scheduler, records, done)
                     bar.update(len(records))
             except TaskFailed as failed:

@@ -267,6 +267,32 @@ def test_a_killed_client_resumes_where_it_stopped(bpa, bpa_reference, tmp_path):
     assert store.manifest.provenance.labelling[0].scheduler == "local:2"
 
 
+def test_an_item_that_kills_every_worker_is_named_alone():
+    import dask
+
+    from mfdata.dask_cluster import TaskFailed, dask_client, in_batches
+
+    def die_on_ten(items: list[int]) -> list[int]:
+        """Kills its worker process when given item 10, as a crashing program would. Local, so
+        that Dask sends it by value: the workers need not import this test module."""
+        if 10 in items:
+            os._exit(1)
+        return items
+
+    finished = []
+    with (
+        dask.config.set({"distributed.scheduler.allowed-failures": 0}),  # one try, not four
+        dask_client("local:2", at_most=2) as client,
+        pytest.raises(TaskFailed) as failed,
+    ):
+        for items in in_batches(client, die_on_ten, (), list(range(40)), lambda i: i, "t"):
+            finished += items
+    assert failed.value.items == [10], "not the item that kills, or not it alone"
+    reason = failed.value.reason
+    assert "killed every worker it ran on, with nothing else in flight (tries: 1;" in reason
+    assert 10 not in finished and len(finished) == len(set(finished))
+
+
 def test_resume_refuses_a_journal_of_another_run(water, tmp_path):
     out = tmp_path / "x"
     journal_path(out).write_text(
