@@ -9,6 +9,7 @@ the chunk cache keeps later epochs from fetching chunks again (counted at the se
 
 from __future__ import annotations
 
+import shutil
 import signal
 from collections import Counter
 from pathlib import Path
@@ -22,6 +23,7 @@ from mfdata.files import KILL_AT
 from mfdata.loading.datamodule import FidelityDataModule
 from mfdata.loading.zarr_dataset import ZarrFidelityDataset
 from mfdata.resources import example_file
+from mfdata.split import make_split
 from mfdata.store import zarr_store
 from mfdata.store.manifest import StoreError
 from mfdata.store.push import push
@@ -102,11 +104,15 @@ def test_a_killed_push_is_refused_until_the_same_push_completes_it(s3, local, mo
     _one_line_error(run_cli("verify", "--repair", url, check=False), "--repair")
 
 
-def test_push_refuses_a_url_that_holds_anything_else(s3, local):
+def test_push_refuses_a_url_that_holds_anything_else(s3, local, tmp_path):
     other = Path(str(example_file("methanol-store")))
     push(Store(other), f"s3://{BUCKET}/methanol")
     with pytest.raises(StoreError, match="holds another store"):
         push(Store(local), f"s3://{BUCKET}/methanol")
+    changed = shutil.copytree(other, tmp_path / "methanol")
+    make_split(Store(changed), "another", fractions=[0.5, 0.5], seed=0)
+    with pytest.raises(StoreError, match="holds this store .same checksum. with another manifest"):
+        push(Store(changed), f"s3://{BUCKET}/methanol")
     fs = fsspec.filesystem("s3", skip_instance_cache=True)
     fs.pipe_file(f"{BUCKET}/foreign/notes.txt", b"not a store")
     with pytest.raises(StoreError, match="not empty, and not an interrupted mfdata push"):

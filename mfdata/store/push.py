@@ -7,7 +7,7 @@ upload is complete (:class:`~mfdata.store.remote.RemoteStore` refuses a URL with
 While a push writes, the URL holds a mark naming the store's checksum; a rerun of the same push
 completes an interrupted one (every object is written again), and anything else at the URL is
 refused: another store's manifest, another store's interrupted push, or objects mfkit did not
-write. A URL that already holds this store (same checksum) is left alone.
+write. A URL that already holds this store (same checksum, same manifest) is left alone.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ import fsspec
 
 from mfdata.files import kill_point
 from mfdata.progress import progress
+from mfdata.schema import DatasetManifest
 from mfdata.store.manifest import (
     MANIFEST,
     StoreError,
@@ -56,8 +57,9 @@ def push(store: Store, url: str, storage_options: dict | None = None) -> Pushed:
         )
     fs, root = fsspec.core.url_to_fs(url, **(storage_options or {}))
     checksum = store.manifest.checksum
+    manifest = sealed(store.manifest.model_copy(update={"lmdb": None}))
     mark = f"{root}/{PUSH_MARK}"
-    if _holds_store(fs, root, url, checksum):
+    if _holds_store(fs, root, url, manifest):
         if fs.exists(mark):  # killed after its manifest: the push was complete
             fs.rm_file(mark)
         return Pushed(url, 0, 0)
@@ -70,7 +72,7 @@ def push(store: Store, url: str, storage_options: dict | None = None) -> Pushed:
             kill_point(f"push:{key}")
         fs.put([str(path) for _, path in batch], [f"{root}/{key}" for key, _ in batch])
     size = sum(path.stat().st_size for _, path in files)
-    text = manifest_text(sealed(store.manifest.model_copy(update={"lmdb": None})))
+    text = manifest_text(manifest)
     kill_point(f"push:{MANIFEST}")
     fs.pipe_file(f"{root}/{MANIFEST}", text.encode())
     fs.rm_file(mark)
@@ -88,19 +90,28 @@ def _store_files(store: Store) -> list[tuple[str, Path]]:
     ]
 
 
-def _holds_store(fs: fsspec.AbstractFileSystem, root: str, url: str, checksum: str) -> bool:
-    """Whether ``url`` holds this store already; another store there is refused. An
-    unreadable manifest is the last object of an interrupted push, or refused as foreign."""
+def _holds_store(
+    fs: fsspec.AbstractFileSystem, root: str, url: str, manifest: DatasetManifest
+) -> bool:
+    """Whether ``url`` holds this store already, with this manifest; another store there, or
+    this one with other splits or statistics, is refused. An unreadable manifest is the last
+    object of an interrupted push, or refused as foreign."""
     if not fs.exists(f"{root}/{MANIFEST}"):
         return False
     try:
         there = parse_manifest(fs.cat_file(f"{root}/{MANIFEST}"), url)
     except StoreError:
         return False
-    if there.checksum != checksum:
+    if there.checksum != manifest.checksum:
         raise StoreError(
             f"{url}: holds another store (checksum {there.checksum[:12]}, this one's is "
-            f"{checksum[:12]}); push to another URL"
+            f"{manifest.checksum[:12]}); push to another URL"
+        )
+    if there.manifest_checksum != manifest.manifest_checksum:
+        raise StoreError(
+            f"{url}: holds this store (same checksum) with another manifest (splits there: "
+            f"{', '.join(there.splits) or 'none'}; here: {', '.join(manifest.splits) or 'none'}; "
+            "statistics may differ too); push to another URL"
         )
     return True
 
