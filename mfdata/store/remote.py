@@ -11,11 +11,11 @@ Connection settings are fsspec's (storage options, or its configuration: ``FSSPE
 variables, ``~/.config/fsspec/``) and, for S3, botocore's own (``AWS_ACCESS_KEY_ID``,
 ``AWS_ENDPOINT_URL_S3``, ``AWS_PROFILE``...).
 
-The chunks of ``data.zarr`` can be read through a local chunk cache (zarr's ``CacheStore`` on
-local disk, least recently used chunks evicted): each process stores at most ``cache_bytes`` of a
-store's chunks there, in a directory under ``$TMPDIR`` that the processes forked from it
-(DataLoader workers) share, so a chunk one of them fetched is read from disk by all; the process
-that made the directory removes it when it exits.
+The chunks of ``data.zarr`` can be read through a local chunk cache (zarr's experimental
+``CacheStore``, zarr >= 3.1.4, on local disk, least recently used chunks evicted): each process
+stores at most ``cache_bytes`` of a store's chunks there, in a directory under ``$TMPDIR`` that
+the processes forked from it (DataLoader workers) share, so a chunk one of them fetched is read
+from disk by all; the process that made the directory removes it when it exits.
 """
 
 from __future__ import annotations
