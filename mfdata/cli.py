@@ -18,6 +18,7 @@ from mfdata.convert import merge as merge_stores
 from mfdata.errors import MfkitError, UsageError
 from mfdata.files import atomic_write_text
 from mfdata.levels import add_level, registry, resolve_level
+from mfdata.loading.sources import open_source
 from mfdata.query import parse_has, select, source_ids
 from mfdata.readers import FORMATS, format_help
 from mfdata.records import DEFAULT_GEOMETRY_TOLERANCE
@@ -26,6 +27,7 @@ from mfdata.resources import example_file
 from mfdata.schema import LevelOfTheory, QuerySpec
 from mfdata.split import make_split
 from mfdata.store.manifest import StoreError
+from mfdata.store.remote import is_url
 from mfdata.store.store import Store
 from mfdata.store.zarr_store import Precision
 
@@ -75,8 +77,14 @@ def _note(message: str) -> None:
 
 @app.command()
 def convert(
-    sources: Annotated[list[Path], typer.Argument(help="Input files.", exists=True)],
     out: Annotated[Path, typer.Option(help="The store to create; must not exist.")],
+    sources: Annotated[
+        list[Path] | None,
+        typer.Argument(
+            help="Input files (with --catalog, default: those 'mfdata download' fetched).",
+            exists=True,
+        ),
+    ] = None,
     format: Annotated[FormatName | None, typer.Option(help=format_help())] = None,
     level: Annotated[
         str | None, typer.Option(help="Level of ASE's energy/forces/stress keys (or of a file).")
@@ -119,8 +127,12 @@ def convert(
     ] = False,
 ) -> None:
     """Convert QM files into a store; every label gets its level of theory and unit."""
+    if not sources and catalog is not None:
+        from mfdata.download import catalog_sources
+
+        sources = catalog_sources(catalog)
     store = convert_files(
-        sources,
+        sources or [],
         out,
         format=format,
         level=level,
@@ -171,11 +183,11 @@ def _units(unit: str, source_units: list[str]) -> str:
 
 @app.command()
 def info(
-    store: Annotated[str, typer.Argument(help="A store: path or registered name.")],
+    store: Annotated[str, typer.Argument(help="A store: path, registered name or URL.")],
     json_out: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
     """What a store holds: structures, atoms, elements, levels and label counts."""
-    opened = open_store(store)
+    opened = open_source(store)
     typer.echo(json.dumps(opened.info(), indent=2) if json_out else _summary(opened))
 
 
@@ -276,14 +288,16 @@ def export(
 
 @app.command()
 def verify(
-    store: Annotated[Path, typer.Argument(help="A store.")],
+    store: Annotated[str, typer.Argument(help="A store: path, registered name or URL.")],
     repair: Annotated[
         bool, typer.Option(help="First remove what interrupted writes left in the store.")
     ] = False,
 ) -> None:
     """Recompute every checksum and derived count (arrays, manifest, splits, LMDB shards) and
     list leftovers of interrupted writes; exit non-zero on any problem."""
-    opened = open_store(store)
+    if repair and is_url(store):
+        raise UsageError(f"{store}: --repair is for local stores (a push leaves no leftovers)")
+    opened = open_source(store)
     if repair:
         from mfdata.store.verify import repair as remove_leftovers
 
@@ -299,7 +313,7 @@ def verify(
 
 @app.command()
 def stats(
-    store: Annotated[str, typer.Argument(help="A store: path or registered name.")],
+    store: Annotated[str, typer.Argument(help="A store: path, registered name or URL.")],
     json_out: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
     allow_implausible: Annotated[
         bool,
@@ -313,12 +327,17 @@ def stats(
     Values implausible for their stated unit are refused unless overridden."""
     import warnings
 
-    from mfdata.plausibility import update_checked_statistics
+    from mfdata.plausibility import checked_statistics, update_checked_statistics
     from mfdata.stats import StatisticsWarning, all_warnings, format_statistics
 
+    opened = open_source(store)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", StatisticsWarning)  # echoed below, once each
-        result, implausible = update_checked_statistics(open_store(store).path, allow_implausible)
+        if is_url(store):
+            result, implausible = checked_statistics(opened, allow_implausible)
+            _note(f"{store}: a store at a URL is read-only: statistics printed, not saved")
+        else:
+            result, implausible = update_checked_statistics(opened.path, allow_implausible)
     for message in all_warnings(result) + implausible:
         typer.echo(f"warning: {message}", err=True)
     typer.echo(result.model_dump_json(indent=2) if json_out else format_statistics(result))
@@ -338,6 +357,22 @@ def pack(
     path = open_store(store).path
     info = pack_store(path, shards=shards, force=force)
     typer.echo(f"{path}: packed into {len(info.shards)} LMDB shard(s) in {path / 'lmdb'}")
+
+
+@app.command()
+def push(
+    store: Annotated[str, typer.Argument(help="A local store: path or registered name.")],
+    url: Annotated[str, typer.Argument(help="Where to copy it: an fsspec URL, s3://BUCKET/NAME.")],
+) -> None:
+    """Copy a verified store to object storage (its Zarr group and splits, then its manifest,
+    last; LMDB shards stay local); rerun to complete an interrupted push."""
+    from mfdata.store.push import push as push_store
+
+    done = push_store(open_store(store), url)
+    if done.objects:
+        typer.echo(f"pushed {done.objects} objects ({done.bytes} bytes) to {done.url}")
+    else:
+        typer.echo(f"{done.url} already holds this store and manifest: nothing pushed")
 
 
 @app.command()
@@ -405,7 +440,7 @@ def _brief(info: dict) -> dict:
 
 @app.command()
 def query(
-    stores: Annotated[list[str], typer.Argument(help="Stores: paths or registered names.")],
+    stores: Annotated[list[str], typer.Argument(help="Stores: paths, registered names or URLs.")],
     has: Annotated[
         list[str], typer.Option(help="LEVEL:LABEL that must be present; repeatable.")
     ] = [],  # noqa: B006
@@ -420,7 +455,7 @@ def query(
     out: Annotated[Path | None, typer.Option(help="Save the selection as JSON.")] = None,
 ) -> None:
     """Structures that have given labels, elements, sizes and charge, across stores."""
-    opened = [open_store(s) for s in stores]
+    opened = [open_source(s) for s in stores]
     spec = QuerySpec(
         has=parse_has(has, opened),
         elements=parse_elements(elements) if elements is not None else None,
@@ -513,7 +548,17 @@ def label(
     labels: Annotated[
         str | None, typer.Option(help="energy,forces (default: all the recipe computes).")
     ] = None,
-    workers: Annotated[int, typer.Option(help="Processes, one thread each.")] = 1,
+    workers: Annotated[
+        int | None,
+        typer.Option(help="Local worker processes, one thread each: --scheduler local:N."),
+    ] = None,
+    scheduler: Annotated[
+        str | None,
+        typer.Option(
+            help="local:N (a Dask LocalCluster of N processes) or a running Dask scheduler's "
+            "address, tcp://HOST:PORT (default: local:1)."
+        ),
+    ] = None,
     n: Annotated[
         int | None, typer.Option("--n", help="Label a seeded subset of N structures.")
     ] = None,
@@ -528,8 +573,10 @@ def label(
 ) -> None:
     """Compute a level's energies/forces for every structure (tblite, PySCF); resumable:
     rerun the same command after an interruption and only the missing structures are computed."""
+    from mfdata.dask_cluster import scheduler_spec
     from mfdata.label import plan_labelling, run_labelling
 
+    spec = scheduler_spec(workers, scheduler)
     plan = plan_labelling(
         source,
         level,
@@ -543,10 +590,10 @@ def label(
     )
     if plan.journal.exists():
         typer.echo(f"resuming from {plan.journal}", err=True)
-    (run,) = run_labelling(plan, workers=workers).provenance.labelling
+    (run,) = run_labelling(plan, spec).provenance.labelling
     typer.echo(
         f"{run.level}: {run.n_structures} structures, {run.seconds_per_structure:.3g} s each "
-        f"({run.recipe.program} {run.program_version})",
+        f"({run.recipe.program} {run.program_version}, {run.scheduler})",
         err=True,
     )
     typer.echo(_summary(Store(out)))
@@ -583,6 +630,20 @@ def sample(
         multiplicity=multiplicity,
     )
     typer.echo(f"wrote {n} frames of {molecule} at {temperature} K to {out}")
+
+
+@app.command()
+def download(
+    name: Annotated[str, typer.Argument(help="A catalogued dataset: name or alias.")],
+    to: Annotated[
+        Path | None, typer.Option(help="Directory (default: $MFKIT_HOME/downloads/NAME).")
+    ] = None,
+) -> None:
+    """Download a catalogued dataset's files: resumed after an interruption, checked against
+    the catalog's size and sha256; 'mfdata convert --catalog NAME --out STORE' then finds them."""
+    from mfdata.download import download as fetch
+
+    typer.echo(f"files in {fetch(find_entry(name), to, echo=_note)}")
 
 
 catalog_app = typer.Typer(
