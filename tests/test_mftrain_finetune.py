@@ -377,7 +377,7 @@ def test_pretrain_finetune_frozen_backbone(tmp_path, ani):
         ani,
         "pretrain_finetune",
         finetune,
-        trainer={"max_steps": 150, "checkpoint_every_n_steps": 50},
+        trainer={"max_steps": 100, "checkpoint_every_n_steps": 50},
     )
     out = tmp_path / "run"
     proc = run_mftrain("fit", config, "--out", out)
@@ -437,7 +437,7 @@ def test_pretrain_finetune_frozen_backbone(tmp_path, ani):
 
     again = run_mftrain("fit", config, "--out", out)
     assert "stage 1 (pre-training) finished earlier" in again.stdout
-    assert "resuming from" in again.stdout and "(step 150 of 150)" in again.stdout
+    assert "resuming from" in again.stdout and "(step 100 of 100)" in again.stdout
     assert len(list((pre / "logs").glob("version_*"))) == 1
 
 
@@ -460,7 +460,7 @@ def test_multihead_finetune_partial_backbone_with_replay(tmp_path, ani):
         ani,
         "multihead_finetune",
         finetune,
-        trainer={"max_steps": 150, "checkpoint_every_n_steps": 50},
+        trainer={"max_steps": 100, "checkpoint_every_n_steps": 50},
     )
     out = tmp_path / "run"
     run_mftrain("fit", config, "--out", out)

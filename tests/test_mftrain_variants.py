@@ -264,7 +264,7 @@ def train(tmp_path: Path, store: Path, strategy: str, **sections) -> Path:
         store,
         strategy,
         data={"levels": LEVELS, "batch_size": 4, "epoch_size": 32},
-        trainer={"max_steps": 240, "checkpoint_every_n_steps": 80},
+        trainer={"max_steps": 160, "checkpoint_every_n_steps": 80},
         **sections,
     )
     out = tmp_path / "run"
