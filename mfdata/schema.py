@@ -88,6 +88,15 @@ class ComputeRecipe(_Model):
         return self
 
 
+class PublishedAtomEnergies(_Model):
+    """Ground-state energies of isolated atoms at one level, as a source published them: what
+    statistics subtract before fitting anything, when a store has no isolated-atom frames."""
+
+    unit: str = Field(description="Energy unit of the values as published, e.g. Hartree.")
+    values: dict[ElementSymbol, float] = Field(min_length=1)
+    source: str = Field(description="Where they were published: a reference or a URL.")
+
+
 class LevelOfTheory(_Model):
     """Method + basis + corrections (+ program): the level of theory that produced a label."""
 
@@ -102,6 +111,11 @@ class LevelOfTheory(_Model):
     notes: str | None = None
     compute: ComputeRecipe | None = Field(
         None, description="How mfdata label computes this level; absent: mfkit cannot."
+    )
+    atom_energies: PublishedAtomEnergies | None = Field(
+        None,
+        exclude_if=lambda value: value is None,  # absent when unknown: older manifests keep theirs
+        description="Published isolated-atom energies at this level, with their source.",
     )
 
 
@@ -240,6 +254,12 @@ class LevelStatistics(_Model):
     )
     reference_energies: dict[str, float] = Field(
         default_factory=dict, description="eV per atom by chemical symbol."
+    )
+    reference_source: str | None = Field(
+        None,
+        exclude_if=lambda value: value is None,
+        description="With isolated_atoms: where the energies come from (the store's isolated-atom "
+        "frames, or the publication the level registry names).",
     )
     rank: int | None = Field(None, description="Rank of the composition matrix (energies).")
     n_elements: int | None = Field(None, description="Elements in the structures with energies.")

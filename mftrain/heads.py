@@ -1,9 +1,12 @@
 """Each head's initial per-type shift and scale, from the stores' per-level statistics.
 
 The shift of head ``L`` for element ``X`` is ``L``'s reference energy of ``X`` (eV per atom:
-isolated-atom energies where the store has them, else a least-squares fit on composition; see
-``mfdata.stats``), averaged over the stores that have ``L`` by their number of energies. The scale
-is ``L``'s force RMS. What the data cannot give is filled and said so:
+a least-squares fit on composition, or isolated-atom energies where the store or the level
+registry has them; see ``mfdata.stats``), averaged over the stores that have ``L`` by their number
+of energies. Isolated-atom energies leave the binding energy, a few eV per atom, to the network,
+so their shifts also take the mean per-atom binding energy (as MACE's E0s plus its mean
+interaction energy do): every head starts centred on its data. The scale is ``L``'s force RMS.
+What the data cannot give is filled and said so:
 
 - an element of the model with no reference at ``L`` (``L``'s structures never contain it) takes
   the mean reference of that element over the other levels, else 0;
@@ -62,9 +65,14 @@ def head_initialisation(
         totals: dict[str, list[float]] = {}
         for stats in found:
             n = max(stats.n_energies, 1)
+            binding = (
+                stats.energy_per_atom_mean or 0.0
+                if stats.reference_method == "isolated_atoms"
+                else 0.0
+            )
             for symbol, energy in stats.reference_energies.items():
                 totals.setdefault(symbol, [0.0, 0.0])
-                totals[symbol][0] += n * energy
+                totals[symbol][0] += n * (energy + binding)
                 totals[symbol][1] += n
         refs[level] = {symbol: s / n for symbol, (s, n) in totals.items()}
         methods[level] = sorted({s.reference_method for s in found if s.reference_method})

@@ -177,17 +177,32 @@ def test_torch_dict_matches_nequip_from_ase(stores, name, level, dtype):
             expected_keys = {"pos", "cell", "pbc", "atomic_numbers", "total_energy", "forces"}
             if name == "cu":
                 expected_keys.add("stress")
+            else:  # the ANI release's dipoles and MBIS charges
+                expected_keys |= {"total_dipole", "charges"}
             assert set(got) - {"num_atoms"} == expected_keys
             for key, tensor in got.items():
                 if key == "num_atoms":
                     continue
-                if key in want:
+                extra = {"total_dipole": "dipole", "charges": "charges"}  # not in from_ase
+                if key in extra and f"{level}/{extra[key]}" in record:
+                    stored = np.asarray(record[f"{level}/{extra[key]}"]).reshape(tensor.shape)
+                    assert tensor.dtype == dtype
+                    np.testing.assert_array_equal(
+                        tensor.numpy(), stored.astype(tensor.numpy().dtype)
+                    )
+                elif key in want:
                     assert tensor.dtype == want[key].dtype, key
                     assert tensor.shape == want[key].shape, key
                     torch.testing.assert_close(tensor, want[key], rtol=0, atol=0)
                 else:  # a label this structure lacks at this level: NaN of the right shape
                     assert tensor.dtype == dtype and torch.isnan(tensor).all(), (i, key)
-                    shapes = {"total_energy": (1, 1), "forces": (n, 3), "stress": (1, 3, 3)}
+                    shapes = {
+                        "total_energy": (1, 1),
+                        "forces": (n, 3),
+                        "stress": (1, 3, 3),
+                        "total_dipole": (1, 3),
+                        "charges": (n, 1),
+                    }
                     assert tuple(tensor.shape) == shapes[key]
     finally:
         torch.set_default_dtype(previous)

@@ -423,6 +423,55 @@ def test_ani1x_dipoles_and_charges(tmp_path, shared):
     np.testing.assert_allclose(with_dipole, dipole[stored.present], rtol=1e-6)
 
 
+def test_ani1x_dipoles_and_charges_are_in_the_loaders_frames(tmp_path, shared):
+    """Both readers (LMDB shards, Zarr) give every frame ``total_dipole`` (1, 3) and ``charges``
+    (atoms, 1) with presence flags: the release's values where the frame's level has them, NaN
+    and False where not (some conformers lack ωB97X/6-31G(d) dipoles; that level has no MBIS
+    charges); a batch collates them."""
+    import h5py
+    import torch
+    from nequip.data import AtomicDataDict
+
+    from mfdata.loading.lmdb_dataset import FidelityDataset
+    from mfdata.loading.zarr_dataset import ZarrFidelityDataset
+
+    source = shared / "modelforge_testdata" / "ani1_n5.hdf5"
+    store = tmp_path / "s"
+    run_cli("convert", str(source), "--out", str(store))
+    run_cli("pack", str(store))
+    levels = ["wb97x-631gd", "wb97x-def2tzvpp"]
+    with h5py.File(source) as f:
+        groups = [f[name] for name in f]
+        dipoles = {
+            level: np.concatenate([g[f"{key}.dipole"][()] for g in groups])
+            for level, key in zip(levels, ("wb97x_dz", "wb97x_tz"), strict=True)
+        }
+        charges = np.concatenate([g["wb97x_tz.mbis_charges"][()].reshape(-1) for g in groups])
+    assert np.isnan(dipoles["wb97x-631gd"]).any(), "the sample lacks some dipoles"
+    s, _ = Store(store).read()
+    starts = np.concatenate([[0], np.cumsum(s.n_atoms)])
+    for dataset in (FidelityDataset([store], levels), ZarrFidelityDataset([store], levels)):
+        assert dataset.optional_kinds == ("dipole", "charges")
+        frames = [dataset[i] for i in range(len(dataset))]
+        for i, frame in enumerate(frames):
+            k, level = int(dataset.sample_structure[i]), levels[int(dataset.sample_head[i])]
+            want_dipole = dipoles[level][k]
+            want_charges = (
+                charges[starts[k] : starts[k + 1]]
+                if level == "wb97x-def2tzvpp"
+                else np.full(s.n_atoms[k], np.nan)
+            )
+            got_dipole = frame["total_dipole"].numpy()
+            np.testing.assert_array_equal(got_dipole, want_dipole.reshape(1, 3))
+            np.testing.assert_array_equal(frame["charges"].numpy(), want_charges.reshape(-1, 1))
+            assert bool(frame["total_dipole_present"]) == (not np.isnan(want_dipole).all())
+            assert bool(frame["charges_present"]) == (level == "wb97x-def2tzvpp")
+        batch = AtomicDataDict.batched_from_list(frames[:4])
+        assert batch["total_dipole"].shape == (4, 3)
+        assert batch["charges"].shape == (int(batch["num_atoms"].sum()), 1)
+        assert batch["charges"].dtype == torch.float64
+
+
 def test_spice_dipoles_and_charges(tmp_path, shared):
     """SPICE's scf_dipole and mbis_charges, in the units their attributes state, where a molecule
     has them (the sample's charged molecule has no MBIS charges)."""

@@ -11,6 +11,7 @@ from ase import units
 from ase.io import read
 
 import mfdata.stats as stats_module
+from mfdata.levels import resolve_level
 from mfdata.records import Label, molecule_structures
 from mfdata.stats import (
     StatisticsWarning,
@@ -69,21 +70,33 @@ def test_ani1_every_level_gets_references(ani1):
     assert "warning" not in stderr
     energy_levels = [lvl for lvl, s in ani1.manifest.levels.items() if "energy" in s.labels]
     assert len(energy_levels) >= 10
+    published = resolve_level("wb97x-631gd").atom_energies
+    assert published is not None and published.unit == "Hartree"
     for level in energy_levels:
         entry = result["levels"][level]
+        if level == "wb97x-631gd":  # the registry has its published isolated-atom energies
+            assert entry["reference_method"] == "isolated_atoms"
+            assert entry["reference_source"] == published.source
+            assert entry["reference_energies"] == pytest.approx(
+                {s: published.values[s] * units.Hartree for s in "HCNO"}, rel=1e-12
+            )
+            assert -6 < entry["energy_per_atom_mean"] < -2  # binding energy, eV per atom
+            continue
         # 8 conformers (6 at CCSD(T)*/CBS) of 5 formulas over H, C, N, O: all four determined
         assert entry["reference_method"] == "least_squares"
+        assert "reference_source" not in entry
         assert (entry["rank"], entry["n_elements"]) == (4, 4)
         assert set(entry["reference_energies"]) == {"H", "C", "N", "O"}
         assert entry["n_energies"] == ani1.manifest.levels[level].labels["energy"].count
         assert abs(entry["energy_per_atom_mean"]) < 0.01 and entry["energy_per_atom_std"] > 0
     # the fit agrees with numpy's least squares on a composition matrix counted another way
     s, _ = ani1.read()
-    label = s.labels[("wb97x-631gd", "energy")]
+    label = s.labels[("wb97x-def2tzvpp", "energy")]
     rows = np.split(s.numbers, np.cumsum(s.n_atoms)[:-1])
     matrix = np.array([[np.sum(r == z) for z in (1, 6, 7, 8)] for r in rows], dtype=float)
-    expected = np.linalg.lstsq(matrix, label.values, rcond=None)[0]
-    got = result["levels"]["wb97x-631gd"]["reference_energies"]
+    present = label.present
+    expected = np.linalg.lstsq(matrix[present], label.values[present], rcond=None)[0]
+    got = result["levels"]["wb97x-def2tzvpp"]["reference_energies"]
     np.testing.assert_allclose([got[e] for e in "HCNO"], expected, rtol=1e-9)
     # force RMS per component, over the structures with forces
     forces = s.labels[("wb97x-631gd", "forces")].values
@@ -218,6 +231,7 @@ def test_3bpa_uses_isolated_atoms(tmp_path_factory, shared):
         for a in read(folder / "iso_atoms.xyz", ":")
     }
     assert entry["reference_method"] == "isolated_atoms"
+    assert entry["reference_source"] == "the store's isolated-atom frames"  # not the registry's
     assert entry["reference_energies"] == pytest.approx(iso, abs=1e-9)
     frames = read(folder / "train_300K.xyz", ":")
     per_atom = np.array(

@@ -1,23 +1,37 @@
 """The label fields of a frame, and their presence flags, as nequip field names.
 
-Guarantees: importing this module registers the presence flags with nequip as graph fields, so
-every process that builds or collates frames (DataLoader workers included) knows them.
+Guarantees: importing this module registers the presence flags and ``total_dipole`` with nequip
+as graph fields, so every process that builds or collates frames (DataLoader workers included)
+knows them.
 """
 
 from __future__ import annotations
 
 from nequip.data import AtomicDataDict, register_fields
 
-# label kind -> per-frame flag: True where the frame's level has that label
-PRESENT_FIELDS = {
-    "energy": "total_energy_present",
-    "forces": "forces_present",
-    "stress": "stress_present",
-}
+# A molecule's dipole is one vector per frame; nequip's own ``dipole`` is a node field.
+TOTAL_DIPOLE_KEY = "total_dipole"
+
 # label kind -> AtomicDataDict key; the frame's label fields, in this order
 LABEL_KEYS = {
     "energy": AtomicDataDict.TOTAL_ENERGY_KEY,
     "forces": AtomicDataDict.FORCE_KEY,
     "stress": AtomicDataDict.STRESS_KEY,
+    "dipole": TOTAL_DIPOLE_KEY,
+    "charges": AtomicDataDict.CHARGE_KEY,
 }
-register_fields(graph_fields=list(PRESENT_FIELDS.values()))
+# label kind -> shape of one row of its field: (1, ...) per frame, (atoms, ...) per atom
+FRAME_SHAPES = {
+    "energy": (1,),
+    "forces": (3,),
+    "stress": (3, 3),
+    "dipole": (3,),
+    "charges": (1,),
+}
+# every frame has these fields; the others only where a store has them at a wanted level
+ALWAYS_IN_FRAMES = ("energy", "forces")
+OPTIONAL_IN_FRAMES = ("stress", "dipole", "charges")
+# label kind -> per-frame flag: True where the frame's level has that label
+PRESENT_FIELDS = {kind: f"{key}_present" for kind, key in LABEL_KEYS.items()}
+
+register_fields(graph_fields=[*PRESENT_FIELDS.values(), TOTAL_DIPOLE_KEY])

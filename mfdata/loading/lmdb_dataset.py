@@ -57,4 +57,6 @@ class FidelityDataset(FidelitySamples):
         )
 
     def _frame(self, store: int, structure: int, level: str) -> AtomicDataDict.Type:
-        return self.readers[store].torch_dict(structure, level, self.dtype, stress=self.has_stress)
+        return self.readers[store].torch_dict(
+            structure, level, self.dtype, optional=self.optional_kinds
+        )

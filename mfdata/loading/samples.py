@@ -1,9 +1,10 @@
 """The sample table and frame finish that the LMDB and Zarr readers share.
 
 Guarantees: a sample is one (store, structure, level) label set with at least one of the wanted
-labels; every frame has the same keys: ``total_energy``, ``forces`` (and ``stress`` where any
-store has stress at a wanted level) NaN-filled where the level lacks them, per-frame flags
-``total_energy_present``, ``forces_present``, ``stress_present`` saying which labels are real,
+labels; every frame has the same keys: ``total_energy``, ``forces`` (and ``stress``,
+``total_dipole``, ``charges`` where any store has that label at a wanted level) NaN-filled where
+the level lacks them, per-frame flags ``total_energy_present``, ``forces_present``, ... saying
+which labels are real,
 the head index in nequip's ``dataset`` field, and ``atom_types`` from the chemical species. The
 order of levels (heads) and of type names is fixed when the table is made and is what the model
 reads.
@@ -22,7 +23,7 @@ from nequip.data.transforms import NeighborListTransform, NonPeriodicCellTransfo
 
 from mfdata.errors import UsageError
 from mfdata.levels import resolve_level
-from mfdata.loading.fields import LABEL_KEYS, PRESENT_FIELDS
+from mfdata.loading.fields import LABEL_KEYS, OPTIONAL_IN_FRAMES, PRESENT_FIELDS
 from mfdata.loading.sources import StoreSource, split_part, verified_root
 from mfdata.query import load_selection, selected_indices
 from mfdata.store.manifest import StoreError
@@ -149,10 +150,15 @@ class FidelitySamples(AtomicDataset):
         self.sample_structure = np.concatenate(columns["structure"])
         self.sample_head = np.concatenate(columns["head"])
         self.n_atoms = np.concatenate(columns["n_atoms"]).astype(np.int64)
-        self.has_stress = any(
-            level in s.manifest.levels and "stress" in s.manifest.levels[level].labels
-            for s in sources
-            for level in self.levels
+        # the optional label kinds in every frame: those any store has at a wanted level
+        self.optional_kinds = tuple(
+            kind
+            for kind in OPTIONAL_IN_FRAMES
+            if any(
+                level in s.manifest.levels and kind in s.manifest.levels[level].labels
+                for s in sources
+                for level in self.levels
+            )
         )
 
     @property

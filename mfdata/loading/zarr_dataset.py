@@ -42,7 +42,7 @@ import torch
 import zarr
 from nequip.data import AtomicDataDict
 
-from mfdata.loading.fields import LABEL_KEYS
+from mfdata.loading.fields import ALWAYS_IN_FRAMES, FRAME_SHAPES, LABEL_KEYS
 from mfdata.loading.samples import FidelitySamples
 from mfdata.loading.sources import StoreSource, open_source, verified_root, zarr_root
 from mfdata.schema import LABEL_KINDS
@@ -191,12 +191,9 @@ class ZarrFidelityDataset(FidelitySamples):
         super().__init__(
             sources, levels, type_names, split, subset, selection, labels, dtype, transforms
         )
-        kinds = [("energy", (1,)), ("forces", (3,))] + (
-            [("stress", (3, 3))] if self.has_stress else []
-        )
         self._kinds = [
-            (kind, LABEL_KEYS[kind], shape, LABEL_KINDS[kind].per == "atom")
-            for kind, shape in kinds
+            (kind, LABEL_KEYS[kind], FRAME_SHAPES[kind], LABEL_KINDS[kind].per == "atom")
+            for kind in (*ALWAYS_IN_FRAMES, *self.optional_kinds)
         ]
         paths = [*STRUCTURE_ARRAYS, *ATOM_ARRAYS] + [
             f"labels/{level}/{kind}/{part}"

@@ -98,6 +98,7 @@ import shutil
 import struct
 import uuid
 import zlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -813,22 +814,24 @@ class LmdbStore:
         i: int,
         level: str,
         dtype: torch.dtype | str = "float64",
-        stress: bool | None = None,
+        optional: Sequence[str] | None = None,
     ) -> dict[str, torch.Tensor]:
         """Structure ``i`` with the labels of ``level`` as a nequip AtomicDataDict (one frame).
 
         Keys, shapes and dtypes follow ``nequip.data.from_ase``: ``pos`` (N, 3),
         ``atomic_numbers`` (N,) int64, ``cell`` (1, 3, 3), ``pbc`` (1, 3) bool, ``num_atoms``
-        (1,) int64, ``total_energy`` (1, 1), ``forces`` (N, 3), and ``stress`` (1, 3, 3) when the
-        store has stress at any level, so every frame of the store has the same keys (``stress``
-        True or False decides instead, for frames from several stores). Labels the structure
-        lacks at ``level`` are NaN. Floats are ``dtype`` (the model's dtype).
+        (1,) int64, ``total_energy`` (1, 1), ``forces`` (N, 3), and the optional kinds
+        (:data:`mfdata.loading.fields.OPTIONAL_IN_FRAMES`: ``stress`` (1, 3, 3), ``total_dipole``
+        (1, 3), ``charges`` (N, 1)) the store has at any level, so every frame of the store has
+        the same keys (``optional`` names them instead, for frames from several stores). Labels
+        the structure lacks at ``level`` are NaN. Floats are ``dtype`` (the model's dtype).
         """
         import torch
 
-        tp = self._torch_plans.get((level, dtype, stress))
+        optional = None if optional is None else tuple(optional)
+        tp = self._torch_plans.get((level, dtype, optional))
         if tp is None:
-            tp = self._torch_plan(level, dtype, stress)
+            tp = self._torch_plan(level, dtype, optional)
         value, (n, _, _, _, pbc), (structure, atom, fixed) = self._head(i)
         f = tp["np_dtype"]
         from_numpy = torch.from_numpy
@@ -864,7 +867,16 @@ class LmdbStore:
             out[out_key] = from_numpy(array)
         return out
 
-    def _torch_plan(self, level: str, dtype: Any, stress: bool | None) -> dict[str, Any]:
+    def _torch_plan(
+        self, level: str, dtype: Any, optional: tuple[str, ...] | None
+    ) -> dict[str, Any]:
+        from mfdata.loading.fields import (
+            ALWAYS_IN_FRAMES,
+            FRAME_SHAPES,
+            LABEL_KEYS,
+            OPTIONAL_IN_FRAMES,
+        )
+
         plan = self.plan
         names = {c.name: c for c in plan.labels}
         levels = {name.split("/")[0] for name in names}
@@ -875,13 +887,12 @@ class LmdbStore:
         f = np.dtype(str(dtype).removeprefix("torch."))
         if f not in (np.float32, np.float64):
             raise UsageError(f"dtype {dtype!r}: expected float32 or float64")
-        if stress is None:
-            stress = any(name.endswith("/stress") for name in names)
-        wanted = [("total_energy", "energy", (1,)), ("forces", "forces", (3,))]
-        if stress:
-            wanted.append(("stress", "stress", (3, 3)))
+        if optional is None:
+            kinds = {name.split("/")[1] for name in names}
+            optional = tuple(kind for kind in OPTIONAL_IN_FRAMES if kind in kinds)
         labels = []
-        for out_key, kind, shape in wanted:
+        for kind in (*ALWAYS_IN_FRAMES, *optional):
+            out_key, shape = LABEL_KEYS[kind], FRAME_SHAPES[kind]
             column = names.get(f"{level}/{kind}")
             per_atom = LABEL_KINDS[kind].per == "atom"
             labels.append(
@@ -894,7 +905,7 @@ class LmdbStore:
                 )
             )
         tp = {"np_dtype": f, "pos_dtype": plan.positions_dtype, "labels": labels}
-        self._torch_plans[(level, dtype, stress)] = tp
+        self._torch_plans[(level, dtype, optional)] = tp
         return tp
 
 
