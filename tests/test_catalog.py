@@ -191,17 +191,18 @@ def test_explicit_flags_override_the_catalog(shared, tmp_path):
 
 
 def test_convert_with_a_catalog_entry_that_has_no_reader(shared, tmp_path):
-    out = tmp_path / "qm9"
+    out = tmp_path / "mf-mlff"
     proc = run_cli(
         "convert",
         shared / "botnet_acac" / "train_300K.xyz",
         "--catalog",
-        "qm9",
+        "multi-fidelity-training-mlff",
         "--out",
         out,
         check=False,
     )
-    assert proc.returncode == 2 and "no reader for QM9" in proc.stderr
+    assert proc.returncode == 2, proc.stderr
+    assert "no reader for Multi-fidelity MLFF training set" in proc.stderr
     assert not out.exists()
 
 

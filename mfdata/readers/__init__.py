@@ -32,6 +32,8 @@ from mfdata.readers._common import (
 from mfdata.readers.ani import ANI2X_LEVEL, read_ani2x_h5, read_ani_h5
 from mfdata.readers.ase_io import ase_mappings, database_units, read_ase
 from mfdata.readers.qm7x import QM7X_LEVEL, is_qm7x, read_qm7x_h5
+from mfdata.readers.qm9 import QM9_LEVEL, is_qm9, read_qm9
+from mfdata.readers.qm9 import SUFFIXES as QM9_SUFFIXES
 from mfdata.readers.rmd17 import RMD17_LEVEL, is_rmd17, read_rmd17_npz
 from mfdata.readers.sgdml import read_sgdml_npz
 from mfdata.readers.spice import SPICE_LEVEL, read_spice_h5
@@ -54,6 +56,7 @@ __all__ = [
     "read_ani_h5",
     "read_ase",
     "read_qm7x_h5",
+    "read_qm9",
     "read_rmd17_npz",
     "read_sgdml_npz",
     "read_source",
@@ -186,6 +189,10 @@ def _read_qm7x(path: str, options: ReadOptions) -> Source:
     return read_qm7x_h5(path, options.level or QM7X_LEVEL)
 
 
+def _read_qm9(path: str, options: ReadOptions) -> Source:
+    return read_qm9(path, options.level or QM9_LEVEL)
+
+
 def _read_rmd17(path: str, options: ReadOptions) -> Source:
     return read_rmd17_npz(path, options.level or RMD17_LEVEL)
 
@@ -220,8 +227,9 @@ ASE_OPTIONS = frozenset(
     {"level", "maps", "units", "pbc", "isolated_atoms", "all_isolated", "group_key", "id_key"}
 )
 
-# Detection tries, in table order, the entries that claim a file's suffix; a file whose suffix
-# no entry claims goes to FALLBACK, since ase.io reads dozens of formats and guesses among them.
+# Detection tries, in table order, the entries that claim a file's suffix (the end of its name, so
+# that ".tar.bz2" can be claimed); a file whose suffix no entry claims goes to FALLBACK, since
+# ase.io reads dozens of formats and guesses among them. QM9 comes before extxyz: both claim .xyz.
 READERS: dict[str, ReaderSpec] = {
     spec.name: spec
     for spec in (
@@ -285,6 +293,15 @@ READERS: dict[str, ReaderSpec] = {
             options=frozenset({"level", "units"}),
         ),
         ReaderSpec(
+            name="qm9",
+            read=_read_qm9,
+            description="QM9 .xyz files or a tar archive of them",
+            suffixes=QM9_SUFFIXES,
+            recognise=is_qm9,
+            default_level=QM9_LEVEL,
+            options=frozenset({"level"}),
+        ),
+        ReaderSpec(
             name="ase-db",
             read=AseReader("db"),
             description="ASE database",
@@ -334,8 +351,7 @@ def reader_spec(name: str) -> ReaderSpec:
 def detect_format(path: str) -> str:
     """The format of ``path``: the one entry claiming its suffix, else the claimant whose
     content test passes; a suffix nobody claims is read by ase.io."""
-    suffix = Path(path).suffix.lower()
-    claimants = [spec for spec in READERS.values() if suffix in spec.suffixes]
+    claimants = [spec for spec in READERS.values() if _claimed_suffix(path, spec)]
     if not claimants:
         return FALLBACK
     for spec in claimants:
@@ -344,8 +360,15 @@ def detect_format(path: str) -> str:
     _unrecognised(path, claimants)
 
 
+def _claimed_suffix(path: str, spec: ReaderSpec) -> str | None:
+    """The longest of ``spec``'s suffixes that ends the name of ``path`` (None: none does)."""
+    name = Path(path).name.lower()
+    matches = [suffix for suffix in spec.suffixes if name.endswith(suffix)]
+    return max(matches, key=len) if matches else None
+
+
 def _unrecognised(path: str, claimants: list[ReaderSpec]) -> NoReturn:
-    suffix = Path(path).suffix.lower()
+    suffix = max((_claimed_suffix(path, spec) or "" for spec in claimants), key=len)
     names = ", ".join(spec.description for spec in claimants)
     found = f" (first group has {sorted(_first_group_members(path))})" if suffix in HDF5 else ""
     raise InvalidDataError(
