@@ -21,6 +21,7 @@ from ase.stress import full_3x3_to_voigt_6_stress
 
 from mfdata.errors import UsageError
 from mfdata.files import atomic_file, atomic_write_text
+from mfdata.levels import isolated_atom_energies
 from mfdata.records import Structures
 from mfdata.schema import LABEL_KINDS
 from mfdata.store.store import Store
@@ -132,8 +133,9 @@ def write_aselmdb(store: Store, level: str, out: str | Path) -> int:
 def write_mace(store: Store, out: str | Path) -> dict[str, Path]:
     """One extxyz per level in the directory ``out`` with MACE's keys (``REF_energy``,
     ``REF_forces``, ``REF_stress``, ``head`` = the level id), the level's isolated atoms (from
-    the manifest) as ``config_type=IsolatedAtom`` frames, and ``heads.yaml``: the ``heads``
-    section of a MACE multi-head training config. Return the files by level."""
+    the manifest, else those the level registry publishes) as ``config_type=IsolatedAtom``
+    frames, and ``heads.yaml``: the ``heads`` section of a MACE multi-head training config.
+    Return the files by level."""
     out = Path(out)
     if out.exists():
         raise FileExistsError(f"{out}: already exists; choose another output directory")
@@ -144,12 +146,15 @@ def write_mace(store: Store, out: str | Path) -> dict[str, Path]:
     files, heads = {}, {}
     for level in store.levels:
         summary = store.manifest.levels[level]
-        frames = _isolated_atoms(level, summary.atom_energies)
+        found, _ = isolated_atom_energies(level, summary.atom_energies)
+        # MACE adds an IsolatedAtom frame's element to the model: only the store's elements
+        atom_energies = {e: v for e, v in found.items() if e in store.manifest.elements}
+        frames = _isolated_atoms(level, atom_energies)
         frames += [_mace_frame(atoms, values, level) for atoms, values in level_frames(s, level)]
         files[level] = out / f"{level}.xyz"
         with atomic_file(files[level]) as tmp:
             ase.io.write(tmp, frames, format="extxyz")
-        heads[level] = _head_config(out, level, summary.labels, summary.atom_energies)
+        heads[level] = _head_config(out, level, summary.labels, atom_energies)
     atomic_write_text(out / HEADS_FILE, yaml.safe_dump({"heads": heads}, sort_keys=False))
     return files
 

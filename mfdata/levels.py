@@ -13,7 +13,7 @@ Wherever a user types a level, an id or an alias works; everything mfkit writes 
 from __future__ import annotations
 
 import difflib
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from functools import cache
 from pathlib import Path
 
@@ -25,6 +25,7 @@ from mfdata.files import atomic_write_text
 from mfdata.home import home
 from mfdata.resources import catalog_file
 from mfdata.schema import LevelOfTheory, LevelRegistry
+from mfdata.units import conversion_factor
 
 REGISTRY_FILE = "catalogs/levels.yaml"
 USER_FILE = "levels.yaml"  # under $MFKIT_HOME
@@ -100,6 +101,25 @@ def known_levels() -> dict[str, LevelOfTheory]:
     """The registry's levels, then those that only stores read in this process define."""
     registered = registry()
     return {**registered, **{k: v for k, v in _from_stores.items() if k not in registered}}
+
+
+STORE_ATOMS = "the store's isolated-atom frames"
+
+
+def isolated_atom_energies(
+    level: str, from_store: Mapping[str, float]
+) -> tuple[dict[str, float], str]:
+    """Isolated-atom energies (eV by symbol) of ``level`` and where they come from: the store's
+    own isolated-atom frames first, else those published for the level (its definition's
+    ``atom_energies``); ``({}, "")`` when there are neither."""
+    if from_store:
+        return dict(from_store), STORE_ATOMS
+    definition = known_levels().get(level)
+    published = definition.atom_energies if definition else None
+    if published is None:
+        return {}, ""
+    factor = conversion_factor(published.unit, "energy")
+    return {symbol: e * factor for symbol, e in published.values.items()}, published.source
 
 
 def learn_levels(definitions: Iterable[LevelOfTheory]) -> None:

@@ -22,7 +22,7 @@ import numpy as np
 import zarr
 from ase.data import chemical_symbols
 
-from mfdata.levels import known_levels
+from mfdata.levels import isolated_atom_energies
 from mfdata.records import Label, Structures
 from mfdata.schema import LevelAlignment, LevelStatistics, StoreStatistics
 from mfdata.store.lock import store_lock
@@ -35,7 +35,6 @@ from mfdata.store.zarr_store import (
     check_checksums,
     reading_zarr,
 )
-from mfdata.units import conversion_factor
 
 # Structures per block when counting compositions: bounds the per-atom index array's memory.
 _BLOCK_STRUCTURES = 1 << 20
@@ -150,19 +149,6 @@ def _rank_warning(what: str, n: int, fit: Fit, comp: Composition) -> str:
     )
 
 
-def _atom_references(level: str, from_store: Mapping[str, float]) -> tuple[dict[str, float], str]:
-    """Isolated-atom energies (eV) of ``level`` and where they come from: the store's own
-    isolated-atom frames first, else those published for the level (its registry definition)."""
-    if from_store:
-        return dict(from_store), "the store's isolated-atom frames"
-    definition = known_levels().get(level)
-    published = definition.atom_energies if definition else None
-    if published is None:
-        return {}, ""
-    factor = conversion_factor(published.unit, "energy")
-    return {s: e * factor for s, e in published.values.items()}, published.source
-
-
 def _level_statistics(
     level: str,
     comp: Composition,
@@ -183,7 +169,7 @@ def _level_statistics(
     stats.n_energies = n
     columns, rank = _rank(comp, present)
     symbols = [comp.symbols[c] for c in columns]
-    atom_energies, source = _atom_references(level, atom_energies)
+    atom_energies, source = isolated_atom_energies(level, atom_energies)
     missing = [s for s in symbols if s not in atom_energies]
     if atom_energies and not missing:
         method, ref = "isolated_atoms", np.array([atom_energies[s] for s in symbols])

@@ -226,6 +226,35 @@ def test_mace_export_isolated_atoms(tmp_path, shared):
     assert e0s == {"1": atom_energies["H"], "6": atom_energies["C"], "8": atom_energies["O"]}
 
 
+def test_mace_export_takes_a_levels_published_isolated_atoms(tmp_path, shared):
+    """An ANI-1x store has no isolated-atom frames; its ωB97X/6-31G(d) head gets the energies the
+    level registry publishes (Hartree, in eV), as IsolatedAtom frames and E0s; a level without
+    published ones keeps MACE's 'average'."""
+    import json
+
+    import yaml
+
+    from mfdata.levels import resolve_level
+
+    store = tmp_path / "ani"
+    run_cli("convert", str(shared / "modelforge_testdata" / "ani1_n5.hdf5"), "--out", str(store))
+    run_cli("export", str(store), "--format", "mace", "--out", str(tmp_path / "mace"))
+    assert not Store(store).manifest.levels["wb97x-631gd"].atom_energies
+    published = resolve_level("wb97x-631gd").atom_energies
+    expected = {s: published.values[s] * ase.units.Hartree for s in "HCNO"}  # not F, S, Cl
+    heads = yaml.safe_load((tmp_path / "mace" / "heads.yaml").read_text())["heads"]
+    frames = ase.io.read(heads["wb97x-631gd"]["train_file"], index=":")
+    isolated = {
+        a.get_chemical_symbols()[0]: a.info["REF_energy"]
+        for a in frames
+        if a.info.get("config_type") == "IsolatedAtom"
+    }
+    assert isolated == pytest.approx(expected, rel=1e-12)
+    e0s = json.loads(Path(heads["wb97x-631gd"]["E0s"]).read_text())
+    assert e0s["8"] == pytest.approx(expected["O"], rel=1e-12) and len(e0s) == len(expected)
+    assert heads["wb97x-def2tzvpp"]["E0s"] == "average"
+
+
 # ---------------------------------------------------------------------------------------------
 # Readers of catalogued layouts. Each test writes the smallest file of the published layout and
 # converts it with nothing but --catalog NAME.
