@@ -21,7 +21,6 @@ from importlib.metadata import version
 from pathlib import Path
 from typing import BinaryIO
 
-from pydantic import ValidationError
 from tqdm import tqdm
 
 from mfdata.catalog import find_entry
@@ -39,6 +38,7 @@ from mfdata.schema import (
     DownloadLog,
 )
 from mfdata.store.lock import locked
+from mfdata.store.manifest import StoreError, parse_json_object, validated
 
 BLOCK = 1 << 20  # bytes read from the network at a time
 LOG_LOCK = ".downloads.lock"  # catalog file names never start with a dot
@@ -259,13 +259,10 @@ def _read_log(directory: Path, entry: CatalogEntry) -> DownloadLog:
     if not path.is_file():
         return DownloadLog(entry=entry.name)
     try:
-        log = DownloadLog.model_validate_json(path.read_bytes())
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(map(str, first["loc"])) or "(top level)"
-        raise DownloadError(
-            f"{path}: not a record of downloads ({where}: {first['msg']}); remove it and rerun"
-        ) from None
+        data = parse_json_object(path.read_bytes(), path, "record of downloads")
+        log = validated(DownloadLog, data, path, "record of downloads")
+    except StoreError as exc:
+        raise DownloadError(f"{exc}; remove it and rerun") from None
     if log.entry != entry.name:
         raise DownloadError(f"{path}: records the files of {log.entry}, not {entry.name}")
     return log

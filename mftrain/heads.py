@@ -65,11 +65,9 @@ def head_initialisation(
         totals: dict[str, list[float]] = {}
         for stats in found:
             n = max(stats.n_energies, 1)
-            binding = (
-                stats.energy_per_atom_mean or 0.0
-                if stats.reference_method == "isolated_atoms"
-                else 0.0
-            )
+            binding = 0.0  # the mean binding energy, left by isolated-atom references only
+            if stats.reference_method == "isolated_atoms":
+                binding = stats.energy_per_atom_mean or 0.0
             for symbol, energy in stats.reference_energies.items():
                 totals.setdefault(symbol, [0.0, 0.0])
                 totals[symbol][0] += n * (energy + binding)

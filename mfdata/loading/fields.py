@@ -7,7 +7,12 @@ knows them.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import NamedTuple
+
 from nequip.data import AtomicDataDict, register_fields
+
+from mfdata.schema import LABEL_KINDS
 
 # A molecule's dipole is one vector per frame; nequip's own ``dipole`` is a node field.
 TOTAL_DIPOLE_KEY = "total_dipole"
@@ -35,3 +40,21 @@ OPTIONAL_IN_FRAMES = ("stress", "dipole", "charges")
 PRESENT_FIELDS = {kind: f"{key}_present" for kind, key in LABEL_KEYS.items()}
 
 register_fields(graph_fields=[*PRESENT_FIELDS.values(), TOTAL_DIPOLE_KEY])
+
+
+class FrameLabel(NamedTuple):
+    """One label field of a frame: its label kind, its key, the shape of one row, and whether
+    it has a row per atom (else one per frame)."""
+
+    kind: str
+    key: str
+    shape: tuple[int, ...]
+    per_atom: bool
+
+
+def frame_labels(optional: Sequence[str]) -> list[FrameLabel]:
+    """The label fields of a frame that carries the ``optional`` kinds too, in frame order."""
+    return [
+        FrameLabel(kind, LABEL_KEYS[kind], FRAME_SHAPES[kind], LABEL_KINDS[kind].per == "atom")
+        for kind in (*ALWAYS_IN_FRAMES, *optional)
+    ]

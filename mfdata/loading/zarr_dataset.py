@@ -42,10 +42,9 @@ import torch
 import zarr
 from nequip.data import AtomicDataDict
 
-from mfdata.loading.fields import ALWAYS_IN_FRAMES, FRAME_SHAPES, LABEL_KEYS
+from mfdata.loading.fields import frame_labels
 from mfdata.loading.samples import FidelitySamples
 from mfdata.loading.sources import StoreSource, open_source, verified_root, zarr_root
-from mfdata.schema import LABEL_KINDS
 from mfdata.store.remote import DEFAULT_CACHE_BYTES
 from mfdata.store.zarr_store import is_per_atom
 
@@ -191,10 +190,7 @@ class ZarrFidelityDataset(FidelitySamples):
         super().__init__(
             sources, levels, type_names, split, subset, selection, labels, dtype, transforms
         )
-        self._kinds = [
-            (kind, LABEL_KEYS[kind], FRAME_SHAPES[kind], LABEL_KINDS[kind].per == "atom")
-            for kind in (*ALWAYS_IN_FRAMES, *self.optional_kinds)
-        ]
+        self._kinds = frame_labels(self.optional_kinds)
         paths = [*STRUCTURE_ARRAYS, *ATOM_ARRAYS] + [
             f"labels/{level}/{kind}/{part}"
             for level in self.levels

@@ -44,7 +44,16 @@ DIMENSIONS = (("energy", "energy"), ("charges", "charge"))
 SCALARS = ("A", "B", "C", "mu", "alpha", "homo", "lumo", "gap", "r2", "zpve")
 SCALARS += ("U0", "U", "H", "G", "Cv")
 UNREAD = sorted([*SCALARS, "frequencies"])
-ARCHIVE_SUFFIXES = (".tar", ".tar.bz2", ".tbz2", ".tar.gz", ".tgz", ".tar.xz")
+# archive suffix -> tarfile's mode for it
+ARCHIVE_MODES = {
+    ".tar": "r:",
+    ".tar.bz2": "r:bz2",
+    ".tbz2": "r:bz2",
+    ".tar.gz": "r:gz",
+    ".tgz": "r:gz",
+    ".tar.xz": "r:xz",
+}
+ARCHIVE_SUFFIXES = tuple(ARCHIVE_MODES)
 SUFFIXES = (".xyz", *ARCHIVE_SUFFIXES)
 MEMBER_NAME = re.compile(r"dsgdb9nsd_\d+\.xyz")
 # A molecule file is under 2 kB; anything far larger is not one and is not read into memory.
@@ -231,16 +240,12 @@ def _read_file(path: str) -> bytes:
         return f.read()
 
 
-_MODES = {".tar": "r:", ".tar.bz2": "r:bz2", ".tbz2": "r:bz2", ".tar.gz": "r:gz", ".tgz": "r:gz"}
-_MODES[".tar.xz"] = "r:xz"
-
-
 def _open_archive(path: str) -> tarfile.TarFile:
     """The archive at ``path``, opened with the compression its suffix names."""
     name = Path(path).name.lower()
-    suffix = max((s for s in _MODES if name.endswith(s)), key=len)
+    suffix = max((s for s in ARCHIVE_MODES if name.endswith(s)), key=len)
     try:
-        return tarfile.open(path, _MODES[suffix], tarinfo=_Header)
+        return tarfile.open(path, ARCHIVE_MODES[suffix], tarinfo=_Header)
     except TAR_ERRORS as exc:
         truncated, reason = _reason(exc)
         what = "truncated" if truncated else f"cannot be read as a {suffix} archive"

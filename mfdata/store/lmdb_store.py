@@ -870,12 +870,7 @@ class LmdbStore:
     def _torch_plan(
         self, level: str, dtype: Any, optional: tuple[str, ...] | None
     ) -> dict[str, Any]:
-        from mfdata.loading.fields import (
-            ALWAYS_IN_FRAMES,
-            FRAME_SHAPES,
-            LABEL_KEYS,
-            OPTIONAL_IN_FRAMES,
-        )
+        from mfdata.loading.fields import OPTIONAL_IN_FRAMES, frame_labels
 
         plan = self.plan
         names = {c.name: c for c in plan.labels}
@@ -891,16 +886,14 @@ class LmdbStore:
             kinds = {name.split("/")[1] for name in names}
             optional = tuple(kind for kind in OPTIONAL_IN_FRAMES if kind in kinds)
         labels = []
-        for kind in (*ALWAYS_IN_FRAMES, *optional):
-            out_key, shape = LABEL_KEYS[kind], FRAME_SHAPES[kind]
-            column = names.get(f"{level}/{kind}")
-            per_atom = LABEL_KINDS[kind].per == "atom"
+        for field in frame_labels(optional):
+            column = names.get(f"{level}/{field.kind}")
             labels.append(
                 (
-                    out_key,
+                    field.key,
                     column.name if column else None,
-                    per_atom,
-                    shape,
+                    field.per_atom,
+                    field.shape,
                     column.dtype if column else None,
                 )
             )

@@ -103,15 +103,16 @@ class RemoteStore(Store):
     def _cached(self) -> _ChunkCache:
         """This process's chunk cache of the store, shared by every reader of it here."""
         key = (self.url, self.manifest.checksum)
-        if (os.getpid(), *key) not in _CACHED:
+        here = (os.getpid(), *key)
+        if here not in _CACHED:
             folder = hashlib.sha256("\n".join(key).encode()).hexdigest()[:24]
-            _CACHED[(os.getpid(), *key)] = _ChunkCache(
+            _CACHED[here] = _ChunkCache(
                 self._fsspec(ZARR_DIR),
                 _ABSENT.setdefault(key, set()),
                 cache_store=LocalStore(chunk_cache_dir() / folder),
                 max_size=self.cache_bytes,
             )
-        return _CACHED[(os.getpid(), *key)]
+        return _CACHED[here]
 
     def __getstate__(self) -> dict:
         return {**self.__dict__, "_stores": {}}

@@ -147,8 +147,7 @@ def verify_store(
     shards and leftovers of interrupted writes are local things, not looked for there.
     """
     local = open_group is None
-    if open_group is None:
-        open_group = partial(_local_group, root)
+    open_group = open_group or partial(_local_group, root)
     try:
         with reading_zarr(root):
             arrays = group_arrays(open_group(ZARR_DIR))
