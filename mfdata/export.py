@@ -2,8 +2,8 @@
 multi-head extxyz with its ``heads`` configuration.
 
 Every format gets the same frames: the structures with an energy, forces or stress at a level,
-those labels in eV, eV/Å and eV/Å³, the level's dipoles (e·Å) and partial charges (e) where
-present, and the structure's charge and multiplicity where stated.
+those labels in eV, eV/Å and eV/Å³, the level's dipoles (e·Å) and partial charges (e, each
+charge model) where present, and the structure's charge and multiplicity where stated.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import ase.io
 import numpy as np
 import yaml
 from ase import Atoms
+from ase.calculators.calculator import all_properties
 from ase.calculators.singlepoint import SinglePointCalculator
 from ase.stress import full_3x3_to_voigt_6_stress
 
@@ -26,16 +27,12 @@ from mfdata.records import Structures
 from mfdata.schema import LABEL_KINDS
 from mfdata.store.store import Store
 
-# MACE's default keys (mace.data.utils.DefaultKeys; the dipole under a REF_ name, since ASE reads
-# an extxyz ``dipole`` as a calculator result) and its marker of isolated atoms.
-MACE_KEYS = {
-    "energy": "REF_energy",
-    "forces": "REF_forces",
-    "stress": "REF_stress",
-    "dipole": "REF_dipole",
-    "charges": "REF_charges",
-}
-EXPORTED = tuple(MACE_KEYS)  # the label kinds every format writes, in this order
+# Each label kind's key in MACE's files: its default keys (mace.data.utils.DefaultKeys; the dipole
+# under a REF_ name, since ASE reads an extxyz ``dipole`` as a calculator result), and REF_ + the
+# kind for a named charge model. MACE's marker of isolated atoms.
+MACE_KEYS = {kind: f"REF_{kind}" for kind in LABEL_KINDS}
+# the kinds a MACE head names a key for (its energy_key ... charges_key options)
+MACE_CONFIG_KEYS = ("energy", "forces", "stress", "dipole", "charges")
 MACE_HEAD_KEY = "head"
 MACE_ISOLATED = {"config_type": "IsolatedAtom"}
 HEADS_FILE = "heads.yaml"
@@ -64,7 +61,7 @@ def level_frames(s: Structures, level: str) -> Iterator[tuple[Atoms, dict[str, n
         if s.multiplicity[i]:
             atoms.info["spin"] = int(s.multiplicity[i])
         values = {}
-        for kind in EXPORTED:
+        for kind in LABEL_KINDS:
             if kind in labels and labels[kind].present[i]:
                 rows = atoms_slice if LABEL_KINDS[kind].per == "atom" else i
                 values[kind] = np.asarray(labels[kind].values[rows], dtype=np.float64)
@@ -72,15 +69,20 @@ def level_frames(s: Structures, level: str) -> Iterator[tuple[Atoms, dict[str, n
 
 
 def _with_results(atoms: Atoms, values: dict[str, np.ndarray]) -> Atoms:
-    """``atoms`` with the labels as calculator results (ASE's keys, all of them ASE properties;
-    stress in Voigt order)."""
-    results = dict(values)
+    """``atoms`` with the labels as calculator results (ASE's keys; stress in Voigt order); a
+    label ASE has no property for (a named charge model) is an array named after its kind."""
+    results = {kind: value for kind, value in values.items() if kind in all_properties}
+    atoms.arrays.update(_not_ase_properties(values))
     if "energy" in results:
         results["energy"] = float(results["energy"])
     if "stress" in results:
         results["stress"] = full_3x3_to_voigt_6_stress(results["stress"])
     atoms.calc = SinglePointCalculator(atoms, **results)
     return atoms
+
+
+def _not_ase_properties(values: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    return {kind: value for kind, value in values.items() if kind not in all_properties}
 
 
 def _new_file(out: Path) -> None:
@@ -123,6 +125,7 @@ def write_aselmdb(store: Store, level: str, out: str | Path) -> int:
             with LMDBDatabase(tmp) as db:
                 for atoms, values in level_frames(s, level):
                     data, atoms.info = atoms.info, {}
+                    data.update(_not_ase_properties(values))  # a row keeps only ASE's arrays
                     db.write(_with_results(atoms, values), data=data)
                     n += 1
         finally:
@@ -189,7 +192,7 @@ def _head_config(out: Path, level: str, labels: dict, atom_energies: dict[str, f
         head["E0s"] = str(e0s.resolve())
     else:
         head["E0s"] = "average"
-    for kind, key in MACE_KEYS.items():
+    for kind in MACE_CONFIG_KEYS:
         if kind in labels:
-            head[f"{kind}_key"] = key
+            head[f"{kind}_key"] = MACE_KEYS[kind]
     return head

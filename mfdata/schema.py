@@ -140,6 +140,10 @@ LABEL_KINDS: dict[str, LabelKind] = {
         LabelKind(name="stress", per="structure", shape=(3, 3), dimension="stress"),
         LabelKind(name="dipole", per="structure", shape=(3,), dimension="dipole"),
         LabelKind(name="charges", per="atom", shape=(), dimension="charge"),
+        # a release with several charge models keeps each under its own name; ``charges`` is
+        # the one model a release has (or its MBIS charges), which the loader's frames carry
+        LabelKind(name="cm5_charges", per="atom", shape=(), dimension="charge"),
+        LabelKind(name="hirshfeld_charges", per="atom", shape=(), dimension="charge"),
     )
 }
 
@@ -423,7 +427,7 @@ class LevelRegistry(_Model):
 
 UNKNOWN = "unknown"
 Unknown = Literal["unknown"]
-LabelName = Literal["energy", "forces", "stress", "dipole", "charges"]
+LabelName = Literal[tuple(LABEL_KINDS)]  # type: ignore[valid-type]
 Count = Annotated[int, Field(ge=0)] | Unknown
 LevelId = Annotated[str, Field(pattern=LEVEL_ID_PATTERN)]
 

@@ -304,18 +304,29 @@ def write_t1x(path, reactions) -> None:
 def write_qm7x(path, molecules) -> None:
     """Layout of QM7-X (Hoja et al., Sci. Data 8, 43 (2021), Table 2; as openqdc reads it):
     molecule -> conformer with atNUM, atXYZ (Å), ePBE0+MBD (eV, shape (1,)), totFOR (eV/Å),
-    vDIP and the other properties."""
+    vDIP (e·Å, (3,)), hCHG (e, (atoms,)), units as the release's example script lists them
+    (zenodo.org/record/4288677), and the other properties (here DIP, the dipole's norm)."""
     import h5py
 
     with h5py.File(path, "w") as f:
         for molecule, z, xyz, energy, forces in molecules:
+            dipoles, charges = qm7x_dipoles_and_charges(xyz)
             for c in range(len(xyz)):
                 group = f.create_group(f"{molecule}/Geom-m{molecule}-i1-c{c + 1}-opt")
                 group["atNUM"] = np.array(z)
                 group["atXYZ"] = xyz[c]
                 group["ePBE0+MBD"] = energy[c : c + 1]
                 group["totFOR"] = forces[c]
-                group["vDIP"] = np.zeros(3)
+                group["vDIP"] = dipoles[c]
+                group["hCHG"] = charges[c]
+                group["DIP"] = np.linalg.norm(dipoles[c], keepdims=True)
+
+
+def qm7x_dipoles_and_charges(xyz: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Distinct made-up values per conformer: charges summing to zero, and their dipole."""
+    charges = np.sin(np.arange(xyz.shape[0] * xyz.shape[1])).reshape(xyz.shape[:2]) / 3
+    charges -= charges.mean(axis=1, keepdims=True)
+    return np.einsum("ca,cax->cx", charges, xyz), charges
 
 
 def read_store(path):
@@ -371,17 +382,31 @@ def test_transition1x_end_to_end(tmp_path):
 
 
 def test_qm7x_end_to_end(tmp_path):
+    """Energies, forces, dipoles and Hirshfeld charges stored in their canonical units (the same
+    as the release's); the dipole queryable and exported."""
     z1, z2 = [6, 1, 1, 1], [8, 1, 1]
     m1, m2 = conformers(3, z1, seed=4), conformers(2, z2, seed=5)
     write_qm7x(tmp_path / "1000.hdf5", [("1", z1, *m1), ("2", z2, *m2)])
     proc = run_cli(
         "convert", str(tmp_path / "1000.hdf5"), "--catalog", "qm7-x", "--out", str(tmp_path / "s")
     )
-    assert "properties not stored: vDIP" in proc.stderr
+    assert "properties not stored: DIP" in proc.stderr
     s, e, f, level = read_store(tmp_path / "s")
     assert level == "pbe0-mbd" and s.group_names == ["1", "2"]
     np.testing.assert_array_equal(e, np.concatenate([m1[1], m2[1]]))
     np.testing.assert_array_equal(f, np.concatenate([m1[2].reshape(-1, 3), m2[2].reshape(-1, 3)]))
+    (d1, q1), (d2, q2) = qm7x_dipoles_and_charges(m1[0]), qm7x_dipoles_and_charges(m2[0])
+    np.testing.assert_array_equal(s.labels[(level, "dipole")].values, np.concatenate([d1, d2]))
+    charges = s.labels[(level, "hirshfeld_charges")].values
+    np.testing.assert_array_equal(charges, np.concatenate([q1.ravel(), q2.ravel()]))
+    manifest = Store(tmp_path / "s").manifest
+    assert manifest.levels[level].labels["dipole"].source_units == ["e*Å"]
+    proc = run_cli("query", str(tmp_path / "s"), "--has", "qm7x:hirshfeld_charges")
+    assert "5 of 5 structures" in proc.stdout
+    run_cli("export", str(tmp_path / "s"), "--level", level, "--out", str(tmp_path / "x.xyz"))
+    frames = ase.io.read(tmp_path / "x.xyz", index=":")
+    np.testing.assert_allclose([a.calc.results["dipole"] for a in frames], np.concatenate([d1, d2]))
+    np.testing.assert_allclose(frames[4].arrays["hirshfeld_charges"], q2[1])
 
 
 def test_catalogued_readers_bad_input(tmp_path):
@@ -417,6 +442,16 @@ def test_catalogued_readers_bad_input(tmp_path):
     cases.append(
         (tmp_path / "qm7x.hdf5", "qm7-x", "7/Geom-m7-i1-c2-opt conformer 0: pbe0-mbd forces is NaN")
     )
+    write_qm7x(tmp_path / "qm7x_nodip.hdf5", [("7", z, xyz, energy, forces)])
+    with h5py.File(tmp_path / "qm7x_nodip.hdf5", "a") as f:
+        del f["7/Geom-m7-i1-c3-opt/vDIP"]
+    cases.append(
+        (
+            tmp_path / "qm7x_nodip.hdf5",
+            "qm7-x",
+            "7/Geom-m7-i1-c3-opt: has hCHG but the first conformer has vDIP, hCHG",
+        )
+    )
     for path, catalog, message in cases:
         out = tmp_path / f"store_{path.stem}"
         proc = run_cli("convert", str(path), "--catalog", catalog, "--out", str(out), check=False)
@@ -442,7 +477,11 @@ def test_ani1x_dipoles_and_charges(tmp_path, shared):
     np.testing.assert_array_equal(stored.present, ~np.isnan(dipole).all(axis=1))
     np.testing.assert_array_equal(stored.values[stored.present], dipole[stored.present])
     np.testing.assert_array_equal(s.labels[("wb97x-def2tzvpp", "charges")].values, charges)
-    assert ("wb97x-631gd", "charges") not in s.labels  # CM5 and Hirshfeld: two models, one label
+    for model in ("cm5", "hirshfeld"):  # ωB97X/6-31G(d)'s two charge models, each its own label
+        with h5py.File(source) as f:
+            want = np.concatenate([f[g][f"wb97x_dz.{model}_charges"][()].reshape(-1) for g in f])
+        assert ("wb97x-631gd", "charges") not in s.labels
+        np.testing.assert_array_equal(s.labels[("wb97x-631gd", f"{model}_charges")].values, want)
     proc = run_cli("query", str(tmp_path / "s"), "--has", "wb97x_dz:dipole")
     assert f"{int(stored.present.sum())} of {s.n_structures} structures" in proc.stdout
     out = tmp_path / "dz.xyz"
@@ -450,6 +489,26 @@ def test_ani1x_dipoles_and_charges(tmp_path, shared):
     frames = ase.io.read(out, index=":")
     with_dipole = [a.calc.results["dipole"] for a in frames if "dipole" in a.calc.results]
     np.testing.assert_allclose(with_dipole, dipole[stored.present], rtol=1e-6)
+    cm5 = s.labels[("wb97x-631gd", "cm5_charges")]
+    want = cm5.values[s.atom_mask(cm5.present)]
+    got = np.concatenate([a.arrays["cm5_charges"] for a in frames])
+    np.testing.assert_allclose(got, want, rtol=1e-6)
+    out = tmp_path / "dz.aselmdb"  # a named charge model goes into each row's data
+    run_cli(
+        "export",
+        str(tmp_path / "s"),
+        "--level",
+        "wb97x_dz",
+        "--format",
+        "aselmdb",
+        "--out",
+        str(out),
+    )
+    from ase_db_backends.aselmdb import LMDBDatabase
+
+    with LMDBDatabase(out, readonly=True) as db:
+        got = np.concatenate([db.get(id=i).data["cm5_charges"] for i in db.ids])
+    np.testing.assert_array_equal(got, want)
 
 
 def test_ani1x_dipoles_and_charges_are_in_the_loaders_frames(tmp_path, shared):

@@ -5,9 +5,9 @@ ANI-1x / ANI-1ccx: one group per formula with ``atomic_numbers`` (atoms,), ``coo
 Hartree/Å (forces), e·Å (dipoles) and e (charges), as the release's paper (Smith et al., Sci.
 Data 7, 134, Table 2) states; NaN marks a label a conformer lacks. Correlation energies
 (``mp2_dz.corr_energy``) are added to the HF energy of the same basis (``hf_dz.energy``) to make
-a total energy at their own level. A level holds one charges label: ωB97X/def2-TZVPP's MBIS
-charges are stored; ωB97X/6-31G(d) has two charge models (CM5, Hirshfeld) and neither is stored
-(the store keeps one ``charges`` per level), nor are quadrupoles and higher MBIS moments.
+a total energy at their own level. Each charge model is its own label: ωB97X/def2-TZVPP's MBIS
+charges are its ``charges``, ωB97X/6-31G(d)'s are ``cm5_charges`` and ``hirshfeld_charges``.
+Quadrupoles and higher MBIS moments are not stored.
 
 ANI-2x: one group per atom count with ``species`` (conformers, atoms) atomic numbers,
 ``coordinates``, ``energies`` and ``forces``; the file does not name its level, so the reader takes
@@ -53,12 +53,16 @@ PROPERTY_KINDS = {
     "forces": "forces",
     "dipole": "dipole",
     "mbis_charges": "charges",
+    "cm5_charges": "cm5_charges",
+    "hirshfeld_charges": "hirshfeld_charges",
 }
 SOURCE_UNITS = {
     "energy": HARTREE,
     "forces": HARTREE_PER_ANGSTROM,
     "dipole": "e*Å",
     "charges": "e",
+    "cm5_charges": "e",
+    "hirshfeld_charges": "e",
 }
 
 # Correlation-energy levels and the HF energy of the same basis they are added to.

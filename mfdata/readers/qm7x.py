@@ -2,10 +2,13 @@
 conformer.
 
 Each conformer holds ``atNUM`` (atoms,), ``atXYZ`` (atoms, 3) in Å, ``ePBE0+MBD`` (one value) in eV
-and ``totFOR`` (atoms, 3) in eV/Å at PBE0+MBD, among its 42 properties; the layout and the key
-names are those the QM7-X paper (Scientific Data 8, 43, Table 2) lists and openqdc's and mlff's
-QM7-X readers use. The files state neither level nor units, so both are the release's. Every
-other numeric property is named at conversion and not stored.
+and ``totFOR`` (atoms, 3) in eV/Å at PBE0+MBD, and, where the file has them, ``vDIP`` (3,), the
+dipole in e·Å, and ``hCHG`` (atoms,), the Hirshfeld charges in e, among its 42 properties. The
+layout and key names are those the QM7-X paper (Scientific Data 8, 43, Table 2) lists and openqdc's
+and mlff's QM7-X readers use; the units of vDIP and hCHG are those the property list of the
+release's example script states (zenodo.org/record/4288677). The files state neither level nor
+units, so both are the release's. Every other numeric property is named at conversion and not
+stored.
 """
 
 from __future__ import annotations
@@ -28,11 +31,19 @@ from mfdata.readers._common import (
     open_h5,
 )
 from mfdata.records import InvalidDataError, Source
+from mfdata.schema import LABEL_KINDS
 
 QM7X_LEVEL = "pbe0-mbd"
 NUMBERS, POSITIONS = "atNUM", "atXYZ"
-KEYS = {"energy": "ePBE0+MBD", "forces": "totFOR"}
-UNITS = {"energy": "eV", "forces": "eV/Å"}
+KEYS = {
+    "energy": "ePBE0+MBD",
+    "forces": "totFOR",
+    "dipole": "vDIP",
+    "hirshfeld_charges": "hCHG",
+}
+UNITS = {"energy": "eV", "forces": "eV/Å", "dipole": "e*Å", "hirshfeld_charges": "e"}
+REQUIRED = ("energy", "forces")
+OPTIONAL = ("dipole", "hirshfeld_charges")  # stored when the first conformer has them
 
 
 def is_qm7x(path: str) -> bool:
@@ -52,40 +63,69 @@ def is_qm7x(path: str) -> bool:
 
 
 def _conformer(
-    path: str, group: h5py.Group, where: str
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    path: str, group: h5py.Group, where: str, kinds: tuple[str, ...]
+) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
+    """Atomic numbers, positions and the labels ``kinds`` of one conformer, shapes checked."""
     z = h5_read(path, h5_dataset(path, group, NUMBERS, where), where)
     if z.ndim != 1:
         raise InvalidDataError(f"{path}: {where}: {NUMBERS} has shape {z.shape}, expected (atoms,)")
     z = atomic_numbers(z, path, where)
-    xyz, e, frc = (
-        h5_real(path, group, key, where) for key in (POSITIONS, KEYS["energy"], KEYS["forces"])
-    )
-    if xyz.shape != (len(z), 3) or e.size != 1 or frc.shape != xyz.shape:
+    xyz = h5_real(path, group, POSITIONS, where)
+    if xyz.shape != (len(z), 3):
         raise InvalidDataError(
-            f"{path}: {where}: shapes disagree: {len(z)} atomic numbers, {POSITIONS} {xyz.shape}, "
-            f"{KEYS['energy']} {e.shape} (one value), {KEYS['forces']} {frc.shape}"
+            f"{path}: {where}: {POSITIONS} has shape {xyz.shape}, expected ({len(z)}, 3) for "
+            f"{len(z)} atomic numbers"
         )
-    return z, xyz, e.reshape(1), frc
+    labels = {}
+    for kind in kinds:
+        values = h5_real(path, group, KEYS[kind], where)
+        label = LABEL_KINDS[kind]  # a scalar per structure is one value, shape (1,)
+        expected = (len(z), *label.shape) if label.per == "atom" else label.shape or (1,)
+        if values.shape != expected:
+            raise InvalidDataError(
+                f"{path}: {where}: {KEYS[kind]} has shape {values.shape}, expected {expected} "
+                f"for {len(z)} atoms"
+            )
+        labels[kind] = values[None]
+    return z, xyz, labels
 
 
 def read_qm7x_h5(path: str, level: str = QM7X_LEVEL) -> Source:
-    """PBE0+MBD energies and forces of every conformer, grouped by molecule."""
+    """PBE0+MBD energies, forces, dipoles and Hirshfeld charges of every conformer, grouped by
+    molecule."""
     level_id = resolve_level(level).id
     blocks = ConformerBlocks()
     unread: set[str] = set()
+    kinds: tuple[str, ...] | None = None  # the labels every conformer has: the first one's
     with open_h5(path) as f:
         for molecule, conformers in progress(h5_groups(path, f), f"reading {path}", " molecules"):
             for name, group in h5_groups(path, conformers):
                 where = f"{molecule}/{name}"
-                z, xyz, e, frc = _conformer(path, group, where)
-                blocks.add(where, molecule, z, xyz[None], energy=e, forces=frc[None])
-                unread.update(h5_name(k) for k in h5_keys(path, group, where))
+                keys = {h5_name(k) for k in h5_keys(path, group, where)}
+                has = tuple(kind for kind in OPTIONAL if KEYS[kind] in keys)
+                if kinds is None:
+                    kinds = (*REQUIRED, *has)
+                elif has != kinds[len(REQUIRED) :]:
+                    raise InvalidDataError(
+                        f"{path}: {where}: has {_names(has)} but the first conformer has "
+                        f"{_names(kinds[len(REQUIRED) :])}; every conformer needs the same "
+                        "properties"
+                    )
+                z, xyz, labels = _conformer(path, group, where, kinds)
+                blocks.add(where, molecule, z, xyz[None], **labels)
+                unread.update(keys)
     if not blocks.names:
         raise InvalidDataError(f"{path}: no conformers found")
     source = blocks.source(path, "qm7x", level_id, UNITS, KEYS)
-    unread -= {NUMBERS, POSITIONS, *KEYS.values()}
+    unread -= {NUMBERS, POSITIONS, *(KEYS[kind] for kind in kinds or ())}
     source.unread_keys = sorted(unread)
     if unread:
         source.notes.append(f"{path}: properties not stored: {', '.join(source.unread_keys)}")
     return source
+
+
+def _names(kinds: tuple[str, ...]) -> str:
+    return (
+        ", ".join(KEYS[kind] for kind in kinds)
+        or f"neither {' nor '.join(KEYS[k] for k in OPTIONAL)}"
+    )
