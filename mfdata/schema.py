@@ -158,12 +158,15 @@ LABEL_SIGN: dict[str, tuple[str, float]] = {
 PER_VOLUME: frozenset[str] = frozenset({"virial"})
 
 
+# the names ``--map KEY=LEVEL:LABEL`` takes
+SOURCE_LABELS = ", ".join([*LABEL_KINDS, *LABEL_SIGN])
+
+
 def label_kind(name: str) -> tuple[LabelKind, float]:
     """The label kind a source quantity is stored as, and the sign applied on the way in."""
     kind_name, sign = LABEL_SIGN.get(name, (name, 1.0))
     if kind_name not in LABEL_KINDS:
-        known = ", ".join([*LABEL_KINDS, *LABEL_SIGN])
-        raise UsageError(f"unknown label {name!r}; known labels: {known}")
+        raise UsageError(f"unknown label {name!r}; known labels: {SOURCE_LABELS}")
     return LABEL_KINDS[kind_name], sign
 
 

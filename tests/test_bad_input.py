@@ -128,7 +128,13 @@ def test_nan_ani_energy_is_missing_but_inf_is_an_error(tmp_path, shared):
         f[name]["wb97x_dz.energy"][1] = np.nan
     run_cli("convert", path, "--out", tmp_path / "nan")
     levels = Store(tmp_path / "nan").info()["levels"]
-    assert levels["wb97x-631gd"] == {"energy": 7, "forces": 8, "dipole": 4}
+    assert levels["wb97x-631gd"] == {
+        "energy": 7,
+        "forces": 8,
+        "dipole": 4,
+        "cm5_charges": 8,
+        "hirshfeld_charges": 8,
+    }
 
     with h5py.File(path, "r+") as f:
         f[name]["wb97x_dz.energy"][1] = np.inf

@@ -35,7 +35,13 @@ def test_ani1x_counts_and_values(tmp_path, shared):
     store = convert(tmp_path, path)
     info = store.info()
     assert info["n_structures"] == 8
-    assert info["levels"]["wb97x-631gd"] == {"energy": 8, "forces": 8, "dipole": 4}
+    assert info["levels"]["wb97x-631gd"] == {
+        "energy": 8,
+        "forces": 8,
+        "dipole": 4,
+        "cm5_charges": 8,
+        "hirshfeld_charges": 8,
+    }
     assert info["levels"]["ccsdt-star-cbs"] == {"energy": 6}
     assert info["source_units"]["wb97x-631gd"]["energy"] == ["Hartree"]
     s, _ = store.read()

@@ -592,6 +592,8 @@ def test_write_commands_on_a_read_only_store_are_one_line_errors(tmp_path, store
         assert codes[name] == (0, ""), name
     for name in ("split", "split bare", "stats", "pack", "repair", "convert"):
         status, err = codes[name]
+        # convert also warns that the export's cm5_charges array is not read without --map
+        err = "".join(line for line in err.splitlines(True) if ": warning: " not in line)
         assert status == 2 and err.count("\n") == 1, (name, err)
         assert "cannot write here (Permission denied); this command needs write access" in err
     assert Store(store).verify() == [] and Store(bare).verify() == []

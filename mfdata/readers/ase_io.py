@@ -22,6 +22,7 @@ from mfdata.progress import progress
 from mfdata.readers._common import KeyMapping
 from mfdata.readers.aselmdb import iter_aselmdb
 from mfdata.records import InvalidDataError, Label, Source, Structures, empty_structures
+from mfdata.schema import SOURCE_LABELS
 from mfdata.units import UnitError, conversion_factor
 
 ASE_STANDARD_UNITS = {
@@ -318,7 +319,7 @@ def _unmapped_labels(path: str, frames: list[Atoms], mappings: list[KeyMapping])
     keys = ", ".join(f"{key} ({shape})" for key, shape in sorted(found.items()))
     return [
         f"{path}: warning: keys that look like labels were not read: {keys}; read them with "
-        "--map KEY=LEVEL:LABEL (labels: energy, forces, gradient, stress, virial, dipole, charges)"
+        f"--map KEY=LEVEL:LABEL (labels: {SOURCE_LABELS})"
     ]
 
 
