@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import pytest
+
+from tests.conftest import run_mftrain
 
 MODELS = (
     "energy_only",
@@ -21,13 +21,7 @@ MODELS = (
 @pytest.mark.slow
 def test_demo_runs_the_study_on_the_bundled_data(tmp_path):
     out = tmp_path / "demo"
-    proc = subprocess.run(
-        [sys.executable, "-m", "mftrain.cli", "demo", "--out", str(out)]
-        + ["--steps", "12", "--no-md"],
-        capture_output=True,
-        text=True,
-    )
-    assert proc.returncode == 0, proc.stderr[-2000:]
+    proc = run_mftrain("demo", "--out", out, "--steps", 12, "--no-md")
     results = json.loads((out / "results.json").read_text())
     printed = proc.stdout.splitlines()
     for model in MODELS:
