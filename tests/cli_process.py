@@ -19,11 +19,11 @@ import sys
 import tempfile
 from pathlib import Path
 
-from mftrain.studies.runner import FORKSERVER
+from mftrain.studies.runner import FORKSERVER, RUN_MODULES
 
 COMMANDS = ("mfdata.cli", "mftrain.cli")
 # The studies' runs fork from the same server (one per process): it preloads what both need.
-FORKSERVER.set_forkserver_preload([__name__, *COMMANDS, "mftrain.studies.runner"])
+FORKSERVER.set_forkserver_preload([__name__, *COMMANDS, *RUN_MODULES])
 
 
 def run_command(

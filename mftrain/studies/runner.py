@@ -62,9 +62,22 @@ DONE_FILE = "fit-done.json"
 # threads spin. Measured on 2 shared cores under load: 200 training steps took 29 s with one
 # thread and 173 s with two; a force call of the MD check took 13 ms with one and 770 ms with two.
 THREADS = 1
-# The runs' processes fork from a server that has imported what a run needs (started on first use).
+# What a run imports: this module (torch, nequip.data, mftrain), and what ``mftrain fit`` imports
+# only once it trains: nequip's train script, model and Lightning, mfdata's data module, and s3fs,
+# which Lightning imports where installed to check its log directory. ~1.5 s a run on 2 cores.
+RUN_MODULES = (
+    "mftrain.studies.runner",
+    "nequip.scripts.train",
+    "nequip.utils.xpu",
+    "mftrain.model",
+    "mftrain.training_module",
+    "mfdata.loading.datamodule",
+    "mfdata.stats",
+    "s3fs",
+)
+# The runs' processes fork from a server that has imported them (started on first use).
 FORKSERVER = multiprocessing.get_context("forkserver")
-FORKSERVER.set_forkserver_preload(["mftrain.studies.runner"])
+FORKSERVER.set_forkserver_preload(list(RUN_MODULES))
 
 
 class RunError(MfkitError):
