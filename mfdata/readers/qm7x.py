@@ -96,28 +96,27 @@ def read_qm7x_h5(path: str, level: str = QM7X_LEVEL) -> Source:
     level_id = resolve_level(level).id
     blocks = ConformerBlocks()
     unread: set[str] = set()
-    kinds: tuple[str, ...] | None = None  # the labels every conformer has: the first one's
+    optional: tuple[str, ...] | None = None  # every conformer has the first one's
     with open_h5(path) as f:
         for molecule, conformers in progress(h5_groups(path, f), f"reading {path}", " molecules"):
             for name, group in h5_groups(path, conformers):
                 where = f"{molecule}/{name}"
                 keys = {h5_name(k) for k in h5_keys(path, group, where)}
                 has = tuple(kind for kind in OPTIONAL if KEYS[kind] in keys)
-                if kinds is None:
-                    kinds = (*REQUIRED, *has)
-                elif has != kinds[len(REQUIRED) :]:
+                if optional is None:
+                    optional = has
+                elif has != optional:
                     raise InvalidDataError(
                         f"{path}: {where}: has {_names(has)} but the first conformer has "
-                        f"{_names(kinds[len(REQUIRED) :])}; every conformer needs the same "
-                        "properties"
+                        f"{_names(optional)}; every conformer needs the same properties"
                     )
-                z, xyz, labels = _conformer(path, group, where, kinds)
+                z, xyz, labels = _conformer(path, group, where, (*REQUIRED, *has))
                 blocks.add(where, molecule, z, xyz[None], **labels)
                 unread.update(keys)
     if not blocks.names:
         raise InvalidDataError(f"{path}: no conformers found")
     source = blocks.source(path, "qm7x", level_id, UNITS, KEYS)
-    unread -= {NUMBERS, POSITIONS, *(KEYS[kind] for kind in kinds or ())}
+    unread -= {NUMBERS, POSITIONS, *(KEYS[kind] for kind in (*REQUIRED, *(optional or ())))}
     source.unread_keys = sorted(unread)
     if unread:
         source.notes.append(f"{path}: properties not stored: {', '.join(source.unread_keys)}")
